@@ -25,7 +25,7 @@ setup(
     packages=find_packages(
         include=["pulserank*", "pipelines*", "transforms*", "serving*", "models*", "schemas*", "stores*"]
     ),
-    package_data={"schemas": ["*.proto"]},
+    package_data={"schemas": ["*.proto", "*.pyi"]},
     install_requires=_runtime_requirements(),
     entry_points={"console_scripts": ["pulserank = pulserank.cli:main"]},
 )
