@@ -15,6 +15,11 @@ from stores.activity import read_activity
 from stores.redis_client import describe, get_redis, redis_url
 
 
+def _sample_event(path: Path) -> dict:
+    with path.open() as fh:
+        return json.loads(fh.readline())
+
+
 def run_demo(data: str, workdir: Path, cache_dir: Path) -> int:
     started = time.perf_counter()
     data_dir = workdir / "data" / data
@@ -44,7 +49,8 @@ def run_demo(data: str, workdir: Path, cache_dir: Path) -> int:
 
     client = get_redis(url)
     print(f"[3/3] read back from Redis: {client.dbsize():,} keys")
-    for kind, entity in (("user", "1"), ("item", "50")):
+    sample = _sample_event(data_dir / max(manifest["files"], key=lambda f: manifest["files"][f]["events"]))
+    for kind, entity in (("user", sample["user_id"]), ("item", sample["item_id"])):
         print(f"      {kind} {entity}: {read_activity(client, kind, entity)}")
     print(f"done in {time.perf_counter() - started:.1f}s; the embedded Redis stops with this command")
     return 0 if result.reconciles else 1

@@ -279,4 +279,5 @@ def test_fetch_entry_point_scales_the_world(tmp_path: Path) -> None:
     manifest = fetch("synthetic", tmp_path, FetchOptions(seed=2, scale=0.2))
     assert manifest["users"] == 100 and manifest["items"] == 60
     assert manifest["dataset"] == "synthetic" and manifest["seed"] == 2
-    assert set(manifest["files"]) == {"items.jsonl", "events.jsonl", "session_shifts.jsonl"}
+    assert set(manifest["files"]) == {"items.jsonl", "events.jsonl"}  # event logs only
+    assert manifest["ground_truth"]["shifts"] == sum(1 for _ in (tmp_path / "session_shifts.jsonl").open())

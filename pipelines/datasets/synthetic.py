@@ -649,10 +649,11 @@ def generate(out: Path, seed: int = 0, config: SyntheticConfig | None = None) ->
     types = dict(sorted((items.types + log.types).items()))
     return write_manifest(
         out, NAME,
-        {"items.jsonl": items.count, "events.jsonl": log.count, "session_shifts.jsonl": len(sim.shifts)},
+        {"items.jsonl": items.count, "events.jsonl": log.count},
         types=types, seed=seed, config=config.to_dict(), users=world.n_users, items=world.n_items,
         sessions=sim.sessions, requests=sim.requests, base_instant=BASE_INSTANT,
-        logging_policy=LOGGING_POLICY, truth="truth.json",
+        logging_policy=LOGGING_POLICY,
+        ground_truth={"world": "truth.json", "session_shifts": "session_shifts.jsonl", "shifts": len(sim.shifts)},
     )
 
 
