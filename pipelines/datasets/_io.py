@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import subprocess
 import sys
@@ -11,6 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from schemas.events import Event, parse_event, to_json_line
 
@@ -109,3 +113,15 @@ def pip_download(spec: str, cache_dir: Path, *pip_args: str) -> Path:
             f"--from PATH to that file or to a local copy of the original data files."
         )
     return found
+
+
+def read_parquet_columns(blob: bytes, name: str, columns: tuple[str, ...], optional: tuple[str, ...] = ()) -> pa.Table:
+    """The named columns of a Parquet file held in memory; `optional` ones only where present."""
+    try:
+        table = pq.read_table(io.BytesIO(blob))
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise DatasetFormatError(name, 0, f"not a readable parquet file: {exc}") from None
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise DatasetFormatError(name, 0, f"missing columns {missing}; has {table.column_names}")
+    return table.select([*columns, *(c for c in optional if c in table.column_names)])

@@ -25,7 +25,6 @@ Output (`out/`):
 
 from __future__ import annotations
 
-import io
 import re
 import zipfile
 from collections import Counter
@@ -36,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from pipelines.datasets import FetchOptions
 from pipelines.datasets._io import (
@@ -44,6 +42,7 @@ from pipelines.datasets._io import (
     DatasetUnavailable,
     EventLogWriter,
     pip_download,
+    read_parquet_columns,
     write_manifest,
 )
 from schemas.clock import MAX_INSTANT_MS, MIN_INSTANT_MS
@@ -161,12 +160,12 @@ def _from_zip(path: Path) -> tuple[Ratings, list[Movie]]:
 
 
 def _from_parquet(data: bytes, data_name: str, items: bytes, items_name: str) -> tuple[Ratings, list[Movie]]:
-    table = _read_parquet(data, data_name, ("user_id", "movie_id", "rating", "timestamp"))
+    table = read_parquet_columns(data, data_name, ("user_id", "movie_id", "rating", "timestamp"))
     ratings = Ratings(*(np.asarray(table.column(c).to_numpy(), dtype=np.int64)
                         for c in ("user_id", "movie_id", "rating", "timestamp")))
     _check_ratings(ratings, data_name, lambda i: i + 1, "row")
     cols = ("movie_id", "movie_title", "release_date", "IMDb_URL", *GENRES)
-    rows = _read_parquet(items, items_name, cols).to_pylist()
+    rows = read_parquet_columns(items, items_name, cols).to_pylist()
     movies = []
     for i, row in enumerate(rows, start=1):
         if row["movie_id"] is None or not row["movie_title"]:
@@ -180,17 +179,6 @@ def _from_parquet(data: bytes, data_name: str, items: bytes, items_name: str) ->
         ))
     _check_unique_movies(movies, items_name)
     return ratings, movies
-
-
-def _read_parquet(blob: bytes, name: str, columns: tuple[str, ...]) -> Any:
-    try:
-        table = pq.read_table(io.BytesIO(blob))
-    except Exception as exc:  # pyarrow raises several types for a corrupt file
-        raise DatasetFormatError(name, 0, f"not a readable parquet file: {exc}") from None
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise DatasetFormatError(name, 0, f"missing columns {missing}; has {table.column_names}")
-    return table.select(list(columns))
 
 
 # -- GroupLens' original files ------------------------------------------------------------------

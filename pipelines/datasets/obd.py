@@ -350,18 +350,10 @@ def impression_event(policy: str, campaign: str, r: Row) -> dict[str, Any]:
 
 
 def click_event(policy: str, campaign: str, r: Row) -> dict[str, Any]:
-    eid = f"obd-{policy}-{campaign}-{r.row}"
-    return {
-        "event_id": f"{eid}-click",
-        "ts": r.ts_ms + 1,
-        "user_id": r.user_id,
-        "type": "click",
-        "item_id": f"obd-{campaign}-{r.item}",
-        "context": {"segment": campaign},
-        "request_id": f"{eid}-req",
-        "position": r.slot - 1,
-        "variant": policy,
-    }
+    """The click that followed an impression: same request, 1 ms later, no propensity."""
+    ev = impression_event(policy, campaign, r)
+    del ev["propensity"]
+    return {**ev, "event_id": f"{ev['event_id']}-click", "ts": r.ts_ms + 1, "type": "click"}
 
 
 def item_event(campaign: str, item: Item, ts_ms: int) -> dict[str, Any]:

@@ -32,16 +32,20 @@ Output (`out/`): `items.jsonl`, `reviews.jsonl` (review and rating events in row
 
 from __future__ import annotations
 
-import io
 import zipfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from pipelines.datasets import FetchOptions
-from pipelines.datasets._io import DatasetFormatError, DatasetUnavailable, EventLogWriter, pip_download, write_manifest
+from pipelines.datasets._io import (
+    DatasetFormatError,
+    DatasetUnavailable,
+    EventLogWriter,
+    pip_download,
+    read_parquet_columns,
+    write_manifest,
+)
 from pipelines.datasets.movielens import WIDEDEEP_SPEC
 from schemas.events import MAX_TEXT_LEN
 
@@ -110,14 +114,7 @@ def _from_zip(path: Path) -> tuple[bytes, str]:
 
 def read_rows(blob: bytes, name: str) -> list[dict[str, Any]]:
     """The rows as dicts with a `row` key (the data set's own row index)."""
-    try:
-        table = pq.read_table(io.BytesIO(blob))
-    except Exception as exc:  # pyarrow raises several types for a corrupt file
-        raise DatasetFormatError(name, 0, f"not a readable parquet file: {exc}") from None
-    missing = [c for c in _COLUMNS if c not in table.column_names]
-    if missing:
-        raise DatasetFormatError(name, 0, f"missing columns {missing}; has {table.column_names}")
-    rows = table.select([*_COLUMNS, *([_INDEX] if _INDEX in table.column_names else [])]).to_pylist()
+    rows = read_parquet_columns(blob, name, _COLUMNS, optional=(_INDEX,)).to_pylist()
     seen: set[int] = set()
     for i, row in enumerate(rows, start=1):
         row["row"] = int(row.pop(_INDEX, i - 1))
