@@ -1,65 +1,96 @@
-"""Batch replay: event logs → ParseEvents → features → Redis (also the backfill).
+"""Batch replay: event logs → ParseEvents → every feature family → Redis and the vector store.
 
-Run with Beam's own options, e.g.
-    python -m pipelines.replay --input 'data/ml/*.jsonl' --runner=FnApiRunner
+Analysts use it to rebuild state from logs, and it is the backfill: `--from/--until` bound
+event time, so a backfill can stop exactly where live traffic began. Run with Beam's options:
+
+    python -m pipelines.replay --input 'data/ml/*.jsonl' --as_of 1998-04-23T00:00:00Z
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from dataclasses import dataclass, field
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from stores.redis_client import redis_url
-from transforms.activity import CountActivity
-from transforms.parse import NAMESPACE, ParseEvents
-from transforms.sinks import WriteActivity, WriteDeadLetters
+from schemas.clock import AS_OF_ENV, clock_from, parse_instant
+from schemas.features import FeatureConfig
+from stores.redis_client import get_redis, redis_url
+from stores.vector_sink import drain, is_embedded
+from transforms.features import Catalog, ComputeFeatures, RouteEvents
+from transforms.parse import NAMESPACE, ParseEvents, ReadEventLines
+from transforms.sinks import WriteDeadLetters, WriteFeatures
 
 
 class ReplayOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument("--input", required=True, help="JSONL glob(s) of events, comma-separated")
-        parser.add_argument("--dead_letters", default="dead-letters/replay", help="dead-letter path prefix")
+        parser.add_argument("--input", required=True, help="JSONL or Parquet glob(s), comma-separated")
+        parser.add_argument("--from", dest="from_ts", default=None, help="first event time to include")
+        parser.add_argument("--until", dest="until_ts", default=None, help="event time to stop before")
+        parser.add_argument("--as_of", default=None, help="pin the clock (windows, pruning) to this instant")
+        parser.add_argument("--dead_letters", default="out/dead-letters/replay", help="dead-letter path prefix")
         parser.add_argument("--redis_url", default=None, help="default: REDIS_URL, else an embedded server")
+        parser.add_argument("--vector_store", default=None, help="embedded:///dir or http://weaviate:8080")
+        parser.add_argument("--bandit_half_life_hours", type=float, default=None,
+                            help="forward-decay the bandit counts (default: exact counts)")
+        parser.add_argument("--scorer", default="vader", help="sentiment scorer for reviews")
 
 
 @dataclass
 class ReplayResult:
     counters: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    vectors_synced: int = 0
 
     def __getitem__(self, name: str) -> int:
         return self.counters.get(name, 0)
 
     @property
     def reconciles(self) -> bool:
-        valid = self["events_read"] - self["dead_letters"] - self["duplicates"]
-        return valid >= 0 and valid == self["events_written"]
+        """read = written + dead letters + duplicates + outside the time range."""
+        return self["events_read"] == (
+            self["events_written"] + self["dead_letters"] + self["duplicates"] + self["out_of_range"]
+        )
+
+    def summary(self) -> str:
+        c = self
+        rate = c["events_read"] / c.seconds if c.seconds else 0
+        return (
+            f"read {c['events_read']:,} = written {c['events_written']:,} + dead letters {c['dead_letters']:,}"
+            f" + duplicates {c['duplicates']:,} + out of range {c['out_of_range']:,}"
+            f" in {c.seconds:.1f}s ({rate:,.0f} events/s); keys merged {c['keys_merged']:,},"
+            f" skipped by guard {c['merges_skipped_by_guard']:,}; vectors synced {c.vectors_synced:,}"
+        )
 
 
-def build(p: beam.Pipeline, options: ReplayOptions) -> None:
-    globs = [g for g in options.input.split(",") if g]
-    lines = (
-        [p | f"Read{i}" >> beam.io.ReadFromText(g) for i, g in enumerate(globs)]
-        | "Flatten" >> beam.Flatten()
+def feature_config(opts: ReplayOptions) -> FeatureConfig:
+    hl = opts.bandit_half_life_hours
+    return FeatureConfig(bandit_half_life_ms=hl * 3_600_000 if hl else None)
+
+
+def build(p: beam.Pipeline, opts: ReplayOptions, url: str) -> None:
+    config = feature_config(opts)
+    lo = parse_instant(opts.from_ts) if opts.from_ts else None
+    hi = parse_instant(opts.until_ts) if opts.until_ts else None
+    lines = p | "Read" >> ReadEventLines([g for g in opts.input.split(",") if g])
+    parsed = lines | "ParseEvents" >> ParseEvents(from_ms=lo, until_ms=hi)
+    parsed["dead_letters"] | "DeadLetters" >> WriteDeadLetters(opts.dead_letters)
+    routed = parsed["events"] | "RouteEvents" >> RouteEvents()
+    catalog_done = (
+        routed["catalog"]
+        | "Catalog" >> Catalog(config)
+        | "WriteCatalog" >> WriteFeatures(url, opts.vector_store, config)
+        | "CatalogDone" >> beam.CombineGlobally(sum)
     )
-    parsed = lines | "ParseEvents" >> ParseEvents()
-    parsed["dead_letters"] | "DeadLetters" >> WriteDeadLetters(options.dead_letters)
-
-    written = beam.metrics.Metrics.counter(NAMESPACE, "events_written")
-
-    def count_written(event):
-        written.inc()
-        return event
-
     (
-        parsed["events"]
-        | "Written" >> beam.Map(count_written)
-        | "CountActivity" >> CountActivity()
-        | "WriteActivity" >> WriteActivity(options.redis_url or redis_url())
+        routed
+        | "Features" >> ComputeFeatures(url, config, opts.scorer, wait_for=catalog_done)
+        | "WriteFeatures" >> WriteFeatures(url, opts.vector_store, config)
     )
 
 
@@ -67,18 +98,24 @@ def run(argv: list[str] | None = None) -> ReplayResult:
     options = PipelineOptions(argv)
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "FnApiRunner"  # not Prism: it downloads a binary
-    replay = options.view_as(ReplayOptions)
+    opts = options.view_as(ReplayOptions)
+    if opts.as_of:
+        os.environ[AS_OF_ENV] = str(clock_from(opts.as_of).pinned_ms)  # workers read the clock from here
+    url = opts.redis_url or redis_url()
+    started = time.perf_counter()
     p = beam.Pipeline(options=options)
-    build(p, replay)
+    build(p, opts, url)
     result = p.run()
     result.wait_until_finish()
     counters = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
     totals: dict[str, int] = {}
     for c in counters:
         totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + int(c.committed or c.attempted or 0)
-    return ReplayResult(totals)
+    synced = drain(get_redis(url), opts.vector_store) if is_embedded(opts.vector_store) else 0
+    return ReplayResult(totals, time.perf_counter() - started, synced)
 
 
 if __name__ == "__main__":
     res = run(sys.argv[1:])
-    print(res.counters)
+    print(res.summary())
+    sys.exit(0 if res.reconciles else 1)

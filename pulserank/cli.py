@@ -48,12 +48,7 @@ def _replay(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def _print_replay(result) -> None:
-    c = result.counters
-    print(
-        f"read {c.get('events_read', 0):,} = written {c.get('events_written', 0):,}"
-        f" + dead letters {c.get('dead_letters', 0):,} + duplicates {c.get('duplicates', 0):,};"
-        f" keys written {c.get('keys_written', 0):,}"
-    )
+    print(result.summary())
 
 
 def _demo(args: argparse.Namespace, beam_args: list[str]) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pipelines.datasets import FetchOptions, fetch
 from pipelines.replay import run as run_replay
-from stores.activity import read_activity
+from stores.feature_store import FeatureStore
 from stores.redis_client import describe, get_redis, redis_url
 
 
@@ -35,22 +35,16 @@ def run_demo(data: str, workdir: Path, cache_dir: Path) -> int:
 
     url = redis_url()
     print(f"[2/3] replaying into Redis ({describe()})")
-    t0 = time.perf_counter()
     inputs = ",".join(str(data_dir / name) for name in manifest["files"])
-    result = run_replay(
-        ["--input", inputs, "--dead_letters", str(workdir / "dead-letters" / data), "--redis_url", url]
-    )
-    c = result.counters
-    print(
-        f"      read {c.get('events_read', 0):,} = written {c.get('events_written', 0):,}"
-        f" + dead letters {c.get('dead_letters', 0):,} + duplicates {c.get('duplicates', 0):,}"
-        f" in {time.perf_counter() - t0:.1f}s; {c.get('keys_written', 0):,} keys written"
-    )
+    result = run_replay(["--input", inputs, "--dead_letters", str(workdir / "dead-letters" / data),
+                         "--redis_url", url, "--vector_store", f"embedded://{workdir / 'vectors'}"])
+    print(f"      {result.summary()}")
 
     client = get_redis(url)
     print(f"[3/3] read back from Redis: {client.dbsize():,} keys")
     sample = _sample_event(data_dir / max(manifest["files"], key=lambda f: manifest["files"][f]["events"]))
-    for kind, entity in (("user", sample["user_id"]), ("item", sample["item_id"])):
-        print(f"      {kind} {entity}: {read_activity(client, kind, entity)}")
+    user = FeatureStore(client).user_features(sample["user_id"])
+    print(f"      user {sample['user_id']}: last {len(user['recent'])} interactions, newest"
+          f" {user['recent'][0] if user['recent'] else None}")
     print(f"done in {time.perf_counter() - started:.1f}s; the embedded Redis stops with this command")
     return 0 if result.reconciles else 1

@@ -1,7 +1,8 @@
 """The Redis key layout: every key the system writes is built here.
 
-All keys of one user share the hash tag `{u:<id>}` (and of one item `{i:<id>}`), so on a
-Redis Cluster a user's reads and merges stay in one slot.
+All keys of one user share the hash tag `{u:<id>}`, of one item `{i:<id>}`, of one segment's
+bandit and trending rows `{s:<segment>}`, so on a Redis Cluster each merge and each per-user
+read stays in one slot. An idempotency guard lives in the slot of the key it guards.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ PREFIX = "pr"
 
 EVENT_STREAM = f"{PREFIX}:events"
 DEAD_LETTER_STREAM = f"{PREFIX}:dead-letters"
-REPLAY_RUNS = f"{PREFIX}:replay:runs"
+GLOBAL_SEGMENT = "*"  # the bandit's and trending's all-segments row
 
 
 def user(user_id: str, part: str) -> str:
@@ -21,11 +22,73 @@ def item(item_id: str, part: str) -> str:
     return f"{PREFIX}:{{i:{item_id}}}:{part}"
 
 
-def user_activity(user_id: str) -> str:
-    """Hash of event type → count for a user."""
-    return user(user_id, "activity")
+def segment(name: str, part: str) -> str:
+    return f"{PREFIX}:{{s:{name}}}:{part}"
 
 
-def item_activity(item_id: str) -> str:
-    """Hash of event type → count for an item."""
-    return item(item_id, "activity")
+def user_windows(user_id: str) -> str:
+    """Hash of bucket field → count (transforms/summaries/windows.py)."""
+    return user(user_id, "win")
+
+
+def user_recent(user_id: str) -> str:
+    """Sorted set of the last interactions, scored by event time."""
+    return user(user_id, "recent")
+
+
+def user_sessions(user_id: str) -> str:
+    return user(user_id, "sess")
+
+
+def user_emotion(user_id: str) -> str:
+    return user(user_id, "emo")
+
+
+def user_vectors(user_id: str) -> str:
+    """Hash of `<kind>:<model version>` → decayed vector sums (collaborative, preference)."""
+    return user(user_id, "vec")
+
+
+def item_attributes(item_id: str) -> str:
+    return item(item_id, "attrs")
+
+
+def item_emotion(item_id: str) -> str:
+    return item(item_id, "emo")
+
+
+def bandit(segment_name: str) -> str:
+    """Hash of item → decayed (α, β) for one segment (GLOBAL_SEGMENT: every segment)."""
+    return segment(segment_name, "bandit")
+
+
+def trending(segment_name: str) -> str:
+    """Sorted set of item → forward-decayed interaction count at the landmark below."""
+    return segment(segment_name, "trend")
+
+
+def trending_landmark(segment_name: str) -> str:
+    return segment(segment_name, "trend:landmark")
+
+
+def hash_tag(key: str) -> str:
+    start = key.index("{") + 1
+    return key[start : key.index("}", start)]
+
+
+def guard(key: str, summary_id: str) -> str:
+    """The idempotency guard of one summary merged into `key` (same slot as `key`)."""
+    return f"{PREFIX}:{{{hash_tag(key)}}}:g:{summary_id}"
+
+
+def guard_pattern() -> str:
+    return f"{PREFIX}:{{*}}:g:*"
+
+
+VECTOR_QUEUE = f"{PREFIX}:vectors:pending"  # upserts waiting for a single-writer vector store
+
+
+def vector_collection(kind: str, model: str) -> str:
+    """Vector-store collection of `kind` (items, users_collab, users_pref) for one model version."""
+    safe = "".join(ch if ch.isalnum() else "_" for ch in model.lower())
+    return f"{kind}_{safe}"

@@ -1,47 +1,104 @@
-"""Thin DoFns that hand batches to `stores/` — the only code that talks to Redis."""
+"""Thin sinks: batches of writes handed to `stores/`, the only code that talks to Redis."""
 
 from __future__ import annotations
 
 import json
+import zlib
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.metrics import Metrics
 
-from stores.activity import write_activity
+from schemas import keys
+from schemas.features import FeatureConfig
+from stores.feature_store import FeatureStore, Write
 from stores.redis_client import get_redis
+from stores.vector_sink import VectorUpsert, enqueue, is_embedded, write
 from transforms.parse import NAMESPACE
 
 
-class _WriteActivityBatch(beam.DoFn):
-    def __init__(self, redis_url: str) -> None:
+def vector_upserts(writes: list[Write], merged: dict, config: FeatureConfig) -> list[VectorUpsert]:
+    """User vectors (normalised decayed means) after their merge, and item content vectors."""
+    out = []
+    for (key, field), d in merged.items():
+        if key.endswith(":vec") and d.sums[0] > 0:
+            kind, model = field.split(":", 1)
+            vec = d.sums[1:] / d.sums[0]
+            norm = float(np.linalg.norm(vec))
+            if norm > 0:
+                user_id = keys.hash_tag(key)[2:]
+                out.append(VectorUpsert(keys.vector_collection(f"users_{kind}", model), user_id,
+                                        tuple(float(x) for x in vec / norm), {"model": model}))
+    for w in writes:
+        if w.kind == "item":
+            fields = w.payload[2]
+            raw = fields.get(f"vec:{config.content_model}")
+            if raw:
+                vec = tuple(float(x) for x in raw.split(","))
+                if any(vec):
+                    props = {"categories": json.loads(fields.get("categories", "[]"))}
+                    out.append(VectorUpsert(keys.vector_collection("items", config.content_model),
+                                            fields["item_id"], vec, props))
+    return out
+
+
+class _ApplyWrites(beam.DoFn):
+    def __init__(self, redis_url: str, vector_url: str | None, config: FeatureConfig) -> None:
         self.redis_url = redis_url
-        self.keys_written = Metrics.counter(NAMESPACE, "keys_written")
-        self.client = None
+        self.vector_url = vector_url
+        self.config = config
+        self.merged = Metrics.counter(NAMESPACE, "keys_merged")
+        self.skipped = Metrics.counter(NAMESPACE, "merges_skipped_by_guard")
 
     def setup(self) -> None:
         self.client = get_redis(self.redis_url)
+        self.store = FeatureStore(self.client)
+        self.vectors = None
+        if not is_embedded(self.vector_url):
+            from stores.vector_store import open_vector_store
 
-    def process(self, batch: list):
-        self.keys_written.inc(write_activity(self.client, batch))
+            self.vectors = open_vector_store(self.vector_url)
+
+    def process(self, batch):
+        _, writes = batch
+        writes = list(writes)
+        result = self.store.apply(writes)
+        self.merged.inc(result.merged)
+        self.skipped.inc(result.skipped)
+        upserts = vector_upserts(writes, result.decayed, self.config)
+        if self.vectors is None:
+            enqueue(self.client, upserts)
+        else:
+            write(self.vectors, upserts)
+        yield len(writes)
 
     def teardown(self) -> None:
-        if self.client is not None:
-            self.client.close()
+        self.client.close()
+        if self.vectors is not None:
+            self.vectors.close()
 
 
-class WriteActivity(beam.PTransform):
-    """Writes ((kind, id), counts) rows to Redis in pipelined batches."""
+class WriteFeatures(beam.PTransform):
+    """Writes → sharded `GroupIntoBatches` → one pipelined merge per batch. Emits batch sizes."""
 
-    def __init__(self, redis_url: str, batch_size: int = 500) -> None:
+    def __init__(self, redis_url: str, vector_url: str | None, config: FeatureConfig, batch_size: int = 500,
+                 shards: int = 8, max_buffering_secs: float | None = None) -> None:
         super().__init__()
         self.redis_url = redis_url
+        self.vector_url = vector_url
+        self.config = config
         self.batch_size = batch_size
+        self.shards = shards
+        self.max_buffering_secs = max_buffering_secs  # streaming: flush a partial batch after this
 
-    def expand(self, rows):
+    def expand(self, writes):
+        shards = self.shards
         return (
-            rows
-            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
-            | "Write" >> beam.ParDo(_WriteActivityBatch(self.redis_url))
+            writes
+            | "Shard" >> beam.Map(lambda w: (zlib.crc32(w.key.encode()) % shards, w)).with_output_types(
+                tuple[int, Write])
+            | "Batch" >> beam.GroupIntoBatches(self.batch_size, max_buffering_duration_secs=self.max_buffering_secs)
+            | "Apply" >> beam.ParDo(_ApplyWrites(self.redis_url, self.vector_url, self.config))
         )
 
 

@@ -1,0 +1,187 @@
+"""What each event contributes to each feature: plain functions, no Beam.
+
+Each function maps one (event, item info) to `(redis key, Partial)` pairs; the Beam
+transforms combine partials per key and the sink merges them. Keeping this math here makes it
+the single definition that batch, streaming, live mode and the test reference all use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from schemas import keys
+from schemas.events import Event, EventType
+from schemas.features import EMBEDDING_WEIGHTS, LIKED_RATING, LIKED_TYPES, FeatureConfig
+from transforms.summaries import decay, recent, sessions, windows
+from transforms.summaries.digest import Digest
+from transforms.summaries.partial import Partial
+
+T = EventType
+
+# Which consumers each event type feeds; every type has at least one (tested).
+CONSUMERS: dict[EventType, tuple[str, ...]] = {
+    T.VIEW: ("context", "embeddings", "trending"),
+    T.CLICK: ("context", "embeddings", "bandit", "trending"),
+    T.ADD_TO_CART: ("context", "embeddings", "trending"),
+    T.PURCHASE: ("context", "embeddings", "trending"),
+    T.RATING: ("context", "emotion", "embeddings"),
+    T.REVIEW: ("context", "emotion", "embeddings"),
+    T.IMPRESSION: ("bandit",),
+    T.SKIP: ("context", "embeddings", "bandit"),
+    T.ITEM: ("catalog",),
+}
+TRENDING_TYPES = frozenset({T.VIEW, T.CLICK, T.ADD_TO_CART, T.PURCHASE})
+
+
+@dataclass(frozen=True, slots=True)
+class ItemInfo:
+    """What lookups return about an item: its categories and content vector (if known)."""
+
+    categories: tuple[str, ...] = ()
+    vector: np.ndarray | None = field(default=None, compare=False)
+
+
+Keyed = tuple[str, Partial]
+
+
+def context_observations(event: Event, info: ItemInfo) -> list[Keyed]:
+    """Windowed activity by type and category, the last interactions, the session."""
+    if event.user_id is None:
+        return []
+    d = Digest.of(event.event_id)
+    labels = [f"t:{event.type.value}", *(f"c:{c}" for c in info.categories)]
+    session_id = event.context.extra.get("session_id")
+    return [
+        (keys.user_windows(event.user_id), Partial("counts", d, windows.fields_for(event.ts, labels))),
+        (keys.user_recent(event.user_id),
+         Partial("recent", d, ((event.ts, recent.member(event.event_id, event.type.value, event.item_id)),))),
+        (keys.user_sessions(event.user_id),
+         Partial("sessions", d, sessions.observe(event.ts, event.event_id, str(session_id) if session_id else None,
+                                                 event.context.surface, event.context.device))),
+    ]
+
+
+def rating_signal(value: float) -> float:
+    """A 1–5 rating on the valence scale [-1, 1]."""
+    return (value - 3.0) / 2.0
+
+
+def emotion_observations(event: Event, valence: float | None, config: FeatureConfig) -> list[Keyed]:
+    """Decayed sums [Σw, Σw·v, Σw·v², Σw_r, Σw_r·r] of review valence v and rating signal r."""
+    v = [1.0, valence, valence * valence] if valence is not None else [0.0, 0.0, 0.0]
+    r = [1.0, rating_signal(event.value)] if event.value is not None else [0.0, 0.0]
+    if valence is None and event.value is None:
+        return []
+    d = Digest.of(event.event_id)
+    tau = config.emotion_tau_ms
+    summary = {"v": decay.observe(event.ts, v + r, tau)}
+    out = [(keys.item_emotion(event.item_id), Partial("decayed", d, summary, tau))]
+    if event.user_id is not None:
+        out.append((keys.user_emotion(event.user_id), Partial("decayed", d, summary, tau)))
+    return out
+
+
+def is_liked(event: Event) -> bool:
+    if event.type.value in LIKED_TYPES:
+        return True
+    return event.type in (T.RATING, T.REVIEW) and event.value is not None and event.value >= LIKED_RATING
+
+
+def embedding_observations(event: Event, info: ItemInfo, model: str, config: FeatureConfig) -> list[Keyed]:
+    """Collaborative sums [Σ|w|, Σw·v] over interacted items, and the liked-items preference."""
+    if event.user_id is None or info.vector is None:
+        return []
+    w = EMBEDDING_WEIGHTS.get(event.type.value, 0.0)
+    if w == 0.0:
+        return []
+    tau = config.embedding_tau_ms
+    vec = np.asarray(info.vector, dtype=np.float64)
+    fields = {f"collab:{model}": decay.observe(event.ts, np.concatenate(([abs(w)], w * vec)), tau)}
+    if is_liked(event):
+        fields[f"pref:{model}"] = decay.observe(event.ts, np.concatenate(([1.0], vec)), tau)
+    return [(keys.user_vectors(event.user_id), Partial("decayed", Digest.of(event.event_id), fields, tau))]
+
+
+def bandit_observations(event: Event, config: FeatureConfig) -> list[Keyed]:
+    """Beta pseudo-counts: an impression is a trial (β+1), a click on a served slate turns it
+    into a success (α+1, β−1), a skip is an explicit non-click (β+1). Organic clicks (no
+    request_id) never touch the bandit. Counted in the event's segment and the global row.
+    """
+    if event.type is T.IMPRESSION or event.type is T.SKIP:
+        ab = (0.0, 1.0)
+    elif event.type is T.CLICK and event.request_id is not None:
+        ab = (1.0, -1.0)
+    else:
+        return []
+    tau = config.bandit_tau_ms
+    d = Digest.of(event.event_id)
+    summary = {event.item_id: decay.observe(event.ts, ab, tau)}
+    segments = {event.segment, keys.GLOBAL_SEGMENT}
+    return [(keys.bandit(s), Partial("decayed", d, summary, tau)) for s in sorted(segments)]
+
+
+def trending_observations(event: Event, config: FeatureConfig) -> list[Keyed]:
+    if event.type not in TRENDING_TYPES:
+        return []
+    tau = config.trending_tau_ms
+    d = Digest.of(event.event_id)
+    summary = {event.item_id: decay.observe(event.ts, (1.0,), tau)}
+    segments = {event.segment, keys.GLOBAL_SEGMENT}
+    return [(keys.trending(s), Partial("trending", d, summary, tau)) for s in sorted(segments)]
+
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def content_vector(title: str | None, description: str | None, categories: tuple[str, ...], dim: int) -> np.ndarray:
+    """The content vector used before a content tower is registered: hashed categories and
+    title/description tokens, L2-normalised. Deterministic across processes (no salted hash).
+    """
+    vec = np.zeros(dim, dtype=np.float64)
+    tokens: Counter[str] = Counter()
+    for c in categories:
+        tokens[f"cat:{c.lower()}"] += 3
+    for text in (title, description):
+        for tok in _TOKEN.findall((text or "").lower()):
+            tokens[f"tok:{tok}"] += 1
+    for tok, n in tokens.items():
+        h = int.from_bytes(hashlib.blake2b(tok.encode(), digest_size=8).digest(), "big")
+        vec[h % dim] += n if (h >> 32) & 1 else -n
+    norm = np.linalg.norm(vec)
+    return vec / norm if norm > 0 else vec
+
+
+def catalog_fields(event: Event, config: FeatureConfig) -> dict[str, str]:
+    """The item hash written by the catalog path (strings, as Redis stores them)."""
+    attrs = event.attributes
+    fields = {"item_id": event.item_id}
+    if attrs is None:
+        return fields
+    if attrs.title is not None:
+        fields["title"] = attrs.title
+    if attrs.description:
+        fields["description"] = attrs.description
+    fields["categories"] = json.dumps(list(attrs.categories), ensure_ascii=False)
+    if attrs.price is not None:
+        fields["price"] = repr(attrs.price)
+    if attrs.created_at is not None:
+        fields["created_at"] = str(attrs.created_at)
+    if attrs.extra:
+        fields["extra"] = json.dumps(dict(attrs.extra), ensure_ascii=False, sort_keys=True)
+    vec = content_vector(attrs.title, attrs.description, attrs.categories, config.content_dim)
+    fields[f"vec:{config.content_model}"] = ",".join(repr(float(x)) for x in vec)
+    return fields
+
+
+def item_info(fields: dict[str, str], model: str) -> ItemInfo:
+    """Decodes what `catalog_fields` wrote (the lookup side)."""
+    cats = tuple(json.loads(fields["categories"])) if "categories" in fields else ()
+    raw = fields.get(f"vec:{model}")
+    vec = np.array([float(x) for x in raw.split(",")]) if raw else None
+    return ItemInfo(cats, vec)
