@@ -20,6 +20,7 @@ from schemas.events import Event, EventType
 from schemas.features import EMBEDDING_WEIGHTS, LIKED_RATING, LIKED_TYPES, FeatureConfig
 from transforms.summaries import decay, recent, sessions, windows
 from transforms.summaries.digest import Digest
+from transforms.summaries.emotion import EmotionSummary
 from transforms.summaries.partial import Partial
 
 T = EventType
@@ -67,20 +68,14 @@ def context_observations(event: Event, info: ItemInfo) -> list[Keyed]:
     ]
 
 
-def rating_signal(value: float) -> float:
-    """A 1–5 rating on the valence scale [-1, 1]."""
-    return (value - 3.0) / 2.0
-
-
 def emotion_observations(event: Event, valence: float | None, config: FeatureConfig) -> list[Keyed]:
-    """Decayed sums [Σw, Σw·v, Σw·v², Σw_r, Σw_r·r] of review valence v and rating signal r."""
-    v = [1.0, valence, valence * valence] if valence is not None else [0.0, 0.0, 0.0]
-    r = [1.0, rating_signal(event.value)] if event.value is not None else [0.0, 0.0]
+    """Per item and per user: decayed review valence (and its variance) and rating signal."""
     if valence is None and event.value is None:
         return []
     d = Digest.of(event.event_id)
     tau = config.emotion_tau_ms
-    summary = {"v": decay.observe(event.ts, v + r, tau)}
+    obs = EmotionSummary.from_observation(event.ts, valence, event.value, tau)
+    summary = {"v": obs.to_decayed()}
     out = [(keys.item_emotion(event.item_id), Partial("decayed", d, summary, tau))]
     if event.user_id is not None:
         out.append((keys.user_emotion(event.user_id), Partial("decayed", d, summary, tau)))
