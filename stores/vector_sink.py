@@ -8,6 +8,7 @@ drains them into the index (`drain`) at the end of a replay or micro-batch.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ import numpy as np
 import redis
 
 from schemas import keys
-from stores.vector_store import VectorStore, open_vector_store
+from stores.vector_store import ENV_VECTOR_STORE, VectorStore, open_vector_store
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,8 @@ class VectorUpsert:
 
 
 def is_embedded(url: str | None) -> bool:
+    """Whether `url` (None: $PULSERANK_VECTOR_STORE, else the default) names the embedded store."""
+    url = url or os.environ.get(ENV_VECTOR_STORE)
     return url is None or url.startswith("embedded://")
 
 
