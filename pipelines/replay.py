@@ -17,6 +17,8 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipelines.gc_tuning import relaxed_gc
+from pipelines.options import FeatureOptions, feature_config
 from schemas.clock import AS_OF_ENV, clock_from, parse_instant
 from schemas.features import FeatureConfig
 from stores.redis_client import get_redis, redis_url
@@ -26,19 +28,13 @@ from transforms.parse import NAMESPACE, ParseEvents, ReadEventLines
 from transforms.sinks import WriteDeadLetters, WriteFeatures
 
 
-class ReplayOptions(PipelineOptions):
+class ReplayOptions(FeatureOptions, PipelineOptions):  # PipelineOptions too: see pipelines/options.py
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument("--input", required=True, help="JSONL or Parquet glob(s), comma-separated")
+        parser.add_argument("--input", default=None, help="JSONL or Parquet glob(s), comma-separated (required)")
         parser.add_argument("--from", dest="from_ts", default=None, help="first event time to include")
         parser.add_argument("--until", dest="until_ts", default=None, help="event time to stop before")
-        parser.add_argument("--as_of", default=None, help="pin the clock (windows, pruning) to this instant")
         parser.add_argument("--dead_letters", default="out/dead-letters/replay", help="dead-letter path prefix")
-        parser.add_argument("--redis_url", default=None, help="default: REDIS_URL, else an embedded server")
-        parser.add_argument("--vector_store", default=None, help="embedded:///dir or http://weaviate:8080")
-        parser.add_argument("--bandit_half_life_hours", type=float, default=None,
-                            help="forward-decay the bandit counts (default: exact counts)")
-        parser.add_argument("--scorer", default="vader", help="sentiment scorer for reviews")
 
 
 @dataclass
@@ -68,29 +64,28 @@ class ReplayResult:
         )
 
 
-def feature_config(opts: ReplayOptions) -> FeatureConfig:
-    hl = opts.bandit_half_life_hours
-    return FeatureConfig(bandit_half_life_ms=hl * 3_600_000 if hl else None)
-
-
 def build(p: beam.Pipeline, opts: ReplayOptions, url: str) -> None:
-    config = feature_config(opts)
     lo = parse_instant(opts.from_ts) if opts.from_ts else None
     hi = parse_instant(opts.until_ts) if opts.until_ts else None
     lines = p | "Read" >> ReadEventLines([g for g in opts.input.split(",") if g])
     parsed = lines | "ParseEvents" >> ParseEvents(from_ms=lo, until_ms=hi)
     parsed["dead_letters"] | "DeadLetters" >> WriteDeadLetters(opts.dead_letters)
-    routed = parsed["events"] | "RouteEvents" >> RouteEvents()
+    build_features(parsed["events"], url, feature_config(opts), opts.vector_store, opts.scorer)
+
+
+def build_features(events, url: str, config: FeatureConfig, vector_store: str | None, scorer: str) -> None:
+    """Parsed events → every feature family → Redis and the vector store (shared with live mode)."""
+    routed = events | "RouteEvents" >> RouteEvents()
     catalog_done = (
         routed["catalog"]
         | "Catalog" >> Catalog(config)
-        | "WriteCatalog" >> WriteFeatures(url, opts.vector_store, config)
+        | "WriteCatalog" >> WriteFeatures(url, vector_store, config)
         | "CatalogDone" >> beam.CombineGlobally(sum)
     )
     (
         routed
-        | "Features" >> ComputeFeatures(url, config, opts.scorer, wait_for=catalog_done)
-        | "WriteFeatures" >> WriteFeatures(url, opts.vector_store, config)
+        | "Features" >> ComputeFeatures(url, config, scorer, wait_for=catalog_done)
+        | "WriteFeatures" >> WriteFeatures(url, vector_store, config)
     )
 
 
@@ -99,14 +94,17 @@ def run(argv: list[str] | None = None) -> ReplayResult:
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "FnApiRunner"  # not Prism: it downloads a binary
     opts = options.view_as(ReplayOptions)
+    if not opts.input:
+        raise ValueError("replay needs --input (JSONL or Parquet globs)")
     if opts.as_of:
         os.environ[AS_OF_ENV] = str(clock_from(opts.as_of).pinned_ms)  # workers read the clock from here
     url = opts.redis_url or redis_url()
     started = time.perf_counter()
     p = beam.Pipeline(options=options)
     build(p, opts, url)
-    result = p.run()
-    result.wait_until_finish()
+    with relaxed_gc():  # an allocation-heavy run: see pipelines/gc_tuning.py
+        result = p.run()
+        result.wait_until_finish()
     counters = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
     totals: dict[str, int] = {}
     for c in counters:

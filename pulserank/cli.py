@@ -40,15 +40,57 @@ def _data_fetch(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace, beam_args: list[str]) -> int:
     from pipelines.replay import run
+    from pulserank.replay_report import format_report, run_with_progress
+    from stores.redis_client import redis_url
 
-    argv = ["--input", args.input, "--dead_letters", args.dead_letters, *beam_args]
-    result = run(argv)
-    _print_replay(result)
+    url = args.redis_url or redis_url()
+    argv = ["--input", args.input, "--dead_letters", args.dead_letters, "--redis_url", url]
+    as_of = args.replay_as_of or args.as_of
+    passed = {"--from": args.from_ts, "--until": args.until_ts, "--as_of": as_of, "--vector_store": args.vector_store,
+              "--bandit_half_life_hours": args.bandit_half_life_hours, "--scorer": args.scorer}
+    for flag, value in passed.items():
+        if value is not None:
+            argv += [flag, str(value)]
+    globs = [g for g in args.input.split(",") if g]
+    result = run_with_progress(lambda: run([*argv, *beam_args]), globs, url)
+    print(format_report(result, args.dead_letters))
+    if not result.reconciles:
+        print("pulserank replay: the counts do not reconcile (read ≠ written + dead letters + duplicates"
+              " + out of range)", file=sys.stderr)
     return 0 if result.reconciles else 1
 
 
-def _print_replay(result) -> None:
-    print(result.summary())
+def _inspect(args: argparse.Namespace, beam_args: list[str]) -> int:
+    import json
+
+    from pipelines import inspect
+    from stores.feature_store import FeatureStore
+    from stores.redis_client import get_redis, redis_url
+
+    if not (args.redis_url or os.environ.get("REDIS_URL")):
+        print("pulserank inspect: no REDIS_URL or --redis-url; reading a fresh embedded Redis, which is empty",
+              file=sys.stderr)
+    client = get_redis(args.redis_url or redis_url())
+    try:
+        store = FeatureStore(client)  # its clock: --as-of (PULSERANK_AS_OF), else wall time
+        try:
+            if args.what == "user":
+                report = inspect.user_report(store, args.user_id)
+                text = inspect.format_user
+            elif args.what == "bandit":
+                prior = (args.prior_alpha, args.prior_beta)
+                report = inspect.bandit_report(store, args.segment, args.item, prior, args.bandit_half_life_hours)
+                text = inspect.format_bandit
+            else:
+                report = inspect.guards_report(store)
+                text = inspect.format_guards
+        except inspect.InspectError as exc:
+            print(f"pulserank inspect {args.what}: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else text(report))
+        return 0
+    finally:
+        client.close()
 
 
 def _demo(args: argparse.Namespace, beam_args: list[str]) -> int:
@@ -76,10 +118,41 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--scale", type=float, default=1.0, help="synthetic: size multiplier")
     fetch.set_defaults(handler=lambda a, _: _data_fetch(a))
 
-    replay = sub.add_parser("replay", help="batch replay of event logs into the stores (Beam options pass through)")
-    replay.add_argument("--input", required=True, help="JSONL glob(s), comma-separated")
-    replay.add_argument("--dead-letters", default="dead-letters/replay", help="dead-letter path prefix")
+    replay = sub.add_parser("replay", help="batch replay of event logs into the stores (Beam options pass through)",
+                            epilog="Other flags go to Beam as pipeline options, e.g. --runner=FnApiRunner"
+                                   " --direct_running_mode=multi_processing --direct_num_workers=2.")
+    replay.add_argument("--input", required=True, help="JSONL or Parquet glob(s), comma-separated")
+    replay.add_argument("--dead-letters", default="dead-letters/replay", help="dead-letter path prefix (+ .jsonl)")
+    replay.add_argument("--from", dest="from_ts", default=None, help="first event time to include (RFC 3339 or ms)")
+    replay.add_argument("--until", dest="until_ts", default=None, help="event time to stop before")
+    replay.add_argument("--as-of", dest="replay_as_of", default=None,
+                        help="pin the clock (window pruning, sessions) to this instant; default: the global --as-of")
+    replay.add_argument("--vector-store", default=None, help="embedded:///dir (default: embedded) or http://weaviate:8080")
+    replay.add_argument("--bandit-half-life-hours", type=float, default=None,
+                        help="forward-decay the bandit counts (default: exact counts)")
+    replay.add_argument("--scorer", default=None, help="sentiment scorer for reviews (default: vader)")
+    replay.add_argument("--redis-url", default=None, help="default: REDIS_URL, else an embedded server")
     replay.set_defaults(handler=_replay)
+
+    inspect = sub.add_parser("inspect", help="read back what a replay or live mode stored (as of --as-of)")
+    what = inspect.add_subparsers(dest="what", required=True)
+    user = what.add_parser("user", help="a user's windows, session, recent interactions, emotion, embedding norms")
+    user.add_argument("user_id")
+    bandit = what.add_parser(
+        "bandit", help="Beta(α, β) per item: α = prior α + clicks, β = prior β + impressions − clicks",
+        description="Bandit posteriors per (segment, item). α = prior α + clicks and β = prior β + impressions"
+                    " (and skips) − clicks; the default prior is Beta(1, 1). Segment '*' is every segment together.")
+    bandit.add_argument("--segment", default=None, help="one segment (default: every stored segment)")
+    bandit.add_argument("--item", action="append", default=None, help="only this item (repeatable)")
+    bandit.add_argument("--prior-alpha", type=float, default=1.0, help="prior α added to the clicks (default: 1)")
+    bandit.add_argument("--prior-beta", type=float, default=1.0, help="prior β added to the non-clicks (default: 1)")
+    bandit.add_argument("--bandit-half-life-hours", type=float, default=None,
+                        help="the half-life the replay decayed with (required to read decayed counts)")
+    guards = what.add_parser("guards", help="idempotency guards: count, bytes, TTL (the TTL bounds their memory)")
+    for p in (user, bandit, guards):
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("--redis-url", default=None, help="default: REDIS_URL")
+    inspect.set_defaults(handler=_inspect)
 
     demo = sub.add_parser("demo", help="the main job on embedded defaults")
     demo.add_argument("--data", default="movielens100k", choices=["movielens100k", "synthetic"])

@@ -92,3 +92,24 @@ def vector_collection(kind: str, model: str) -> str:
     """Vector-store collection of `kind` (items, users_collab, users_pref) for one model version."""
     safe = "".join(ch if ch.isalnum() else "_" for ch in model.lower())
     return f"{kind}_{safe}"
+
+
+# -- local live mode (stores/event_stream.py) --------------------------------------------------
+
+EVENT_STREAM_ARCHIVED = f"{EVENT_STREAM}:archived"  # highest stream id archived to the lake
+
+
+def seen_event(event_id: str) -> str:
+    """Live mode's cross-batch dedupe marker for one event id (value: the batch that merged it)."""
+    return f"{PREFIX}:seen:{event_id}"
+
+
+def dead_letter_guard(source: str) -> str:
+    """Written-once marker of one dead letter; its hash tag is the dead-letter stream's own name,
+    so on a Redis Cluster it shares the stream's slot and one script can check and append."""
+    return f"{{{DEAD_LETTER_STREAM}}}:g:{source}"
+
+
+def live_batch(consumer: str) -> str:
+    """The micro-batch a live driver hands to its (built-once) Beam pipeline."""
+    return f"{PREFIX}:live:batch:{consumer}"

@@ -40,7 +40,9 @@ class Write:
 class ApplyResult:
     merged: int = 0
     skipped: int = 0  # guarded: this summary was merged before
-    decayed: dict[tuple[str, str], Decayed] | None = None  # (key, field) → value after merge
+    # (key, field) → its value now: after the merge, or as stored when the guard skipped it (so a
+    # re-run after a crash between merge and vector upsert still upserts).
+    decayed: dict[tuple[str, str], Decayed] | None = None
 
 
 def _fmt(x: float) -> str:
@@ -89,11 +91,12 @@ class FeatureStore:
         result = ApplyResult(decayed={})
         for w, reply in zip(writes, pipe.execute(), strict=True):
             if w.kind == "decayed":
-                if reply == 0:
+                merged, pairs = reply[0], reply[1:]
+                if merged:
+                    result.merged += 1
+                else:
                     result.skipped += 1
-                    continue
-                result.merged += 1
-                for field, value in zip(reply[::2], reply[1::2], strict=True):
+                for field, value in zip(pairs[::2], pairs[1::2], strict=True):
                     result.decayed[(w.key, field.decode())] = decode_decayed(value)
             elif reply:
                 result.merged += 1
@@ -107,12 +110,11 @@ class FeatureStore:
         run = self._scripts
         if w.kind == "counts":
             now = self.clock.now_ms()
-            rules: list[Any] = []
-            for code, (width, span, _) in windows.GRANULARITIES.items():
-                rules += [code, (now - span) // width]
-            args: list[Any] = [ttl, len(windows.GRANULARITIES), *rules]
+            keep = {code: (now - span) // width for code, (width, span, _) in windows.GRANULARITIES.items()}
+            args: list[Any] = [ttl, len(keep), *(x for rule in keep.items() for x in rule)]
             for field, n in sorted(w.payload.items()):
-                args += [field, int(n)]
+                if not _pruned_on_merge(field, keep):
+                    args += [field, int(n)]
             run["merge_counts"](keys=[guard, w.key], args=args, client=pipe)
         elif w.kind == "recent":
             args = [ttl, recent.K]
@@ -219,6 +221,14 @@ class FeatureStore:
         per_key = int(sum(sizes) / len(sizes)) if sizes else 0
         return {"guards": count, "bytes_per_guard": per_key, "approx_bytes": per_key * count,
                 "ttl_s": self.guard_ttl_s}
+
+
+def _pruned_on_merge(field: str, keep: Mapping[str, int]) -> bool:
+    """merge_counts.lua's pruning rule: a bucket it would add and delete in the same call is
+    not sent at all (the stored state is the same; a replay as of its end sends a fraction)."""
+    code = field.split("|", 1)[0]
+    bucket = field.rsplit("|", 1)[-1]
+    return code in keep and bucket.lstrip("-").isdigit() and int(bucket) < keep[code]
 
 
 def _session_dict(s: sessions.Session) -> dict[str, Any]:

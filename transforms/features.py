@@ -28,23 +28,30 @@ OUTPUTS = (LOOKUP, "emotion", "bandit", "trending", "catalog")
 
 
 class MergePartials(beam.CombineFn):
-    """One CombineFn for every family: `partial.merge` dispatches on the summary kind."""
+    """One CombineFn for every family: `partial.merge_all` dispatches on the summary kind.
 
-    def create_accumulator(self) -> Partial | None:
-        return None
+    The accumulator is a list of partials folded in batches (`COMPACT_AT`), not one partial
+    merged at every input: that copied the growing summary each time (quadratic per key).
+    """
 
-    def add_input(self, acc: Partial | None, p: Partial) -> Partial:
-        return p if acc is None else partial.merge(acc, p)
+    COMPACT_AT = 256
 
-    def merge_accumulators(self, accs: Iterable[Partial | None]) -> Partial | None:
-        out = None
-        for a in accs:
-            if a is not None:
-                out = a if out is None else partial.merge(out, a)
-        return out
+    def create_accumulator(self) -> list[Partial]:
+        return []
 
-    def extract_output(self, acc: Partial | None) -> Partial | None:
-        return acc
+    def add_input(self, acc: list[Partial], p: Partial) -> list[Partial]:
+        acc.append(p)
+        return self.compact(acc) if len(acc) >= self.COMPACT_AT else acc
+
+    def merge_accumulators(self, accs: Iterable[list[Partial]]) -> list[Partial]:
+        out = [p for acc in accs for p in acc]
+        return self.compact(out) if len(out) >= self.COMPACT_AT else out
+
+    def compact(self, acc: list[Partial]) -> list[Partial]:
+        return [partial.merge_all(acc)] if len(acc) > 1 else acc
+
+    def extract_output(self, acc: list[Partial]) -> Partial | None:
+        return partial.merge_all(acc) if acc else None
 
 
 def to_write(key: str, p: Partial) -> Write:
@@ -97,10 +104,32 @@ class LookupItems(beam.PTransform):
         model = self.model
         return (
             events
-            | "AsRow" >> beam.Map(lambda e: beam.Row(item_id=e.item_id, event=e))
-            | "Enrich" >> Enrichment(RedisItemHandler(self.redis_url))
-            | "Decode" >> beam.Map(lambda r: (r.event, observe.item_info(r.item_fields, model)))
+            | "Enrich" >> Enrichment(RedisItemHandler(self.redis_url, fields=observe.item_info_fields(model)))
+            | "Decode" >> beam.ParDo(_DecodeItems(model))
         )
+
+
+class _DecodeItems(beam.DoFn):
+    """(event, item fields) → (event, ItemInfo), decoding each distinct stored item once, not per event."""
+
+    MAX_CACHED = 20_000
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    def setup(self) -> None:
+        self.read = observe.item_info_fields(self.model)
+        self.cache: dict[tuple[str | None, ...], observe.ItemInfo] = {}
+
+    def process(self, pair):
+        event, fields = pair
+        key = tuple(fields.get(f) for f in self.read)  # all that item_info reads
+        info = self.cache.get(key)
+        if info is None:
+            if len(self.cache) >= self.MAX_CACHED:
+                self.cache.clear()
+            info = self.cache[key] = observe.item_info(fields, self.model)
+        yield event, info
 
 
 class ContextAggregation(beam.PTransform):

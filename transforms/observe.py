@@ -96,10 +96,14 @@ def embedding_observations(event: Event, info: ItemInfo, model: str, config: Fea
     if w == 0.0:
         return []
     tau = config.embedding_tau_ms
-    vec = np.asarray(info.vector, dtype=np.float64)
-    fields = {f"collab:{model}": decay.observe(event.ts, np.concatenate(([abs(w)], w * vec)), tau)}
+    one_vec = np.empty(len(info.vector) + 1, dtype=np.float64)  # [1, v]: cheaper than concatenating
+    one_vec[0] = 1.0
+    one_vec[1:] = info.vector
+    collab = one_vec * w
+    collab[0] = abs(w)
+    fields = {f"collab:{model}": decay.observe(event.ts, collab, tau)}
     if is_liked(event):
-        fields[f"pref:{model}"] = decay.observe(event.ts, np.concatenate(([1.0], vec)), tau)
+        fields[f"pref:{model}"] = decay.observe(event.ts, one_vec, tau)
     return [(keys.user_vectors(event.user_id), Partial("decayed", Digest.of(event.event_id), fields, tau))]
 
 
@@ -172,6 +176,11 @@ def catalog_fields(event: Event, config: FeatureConfig) -> dict[str, str]:
     vec = content_vector(attrs.title, attrs.description, attrs.categories, config.content_dim)
     fields[f"vec:{config.content_model}"] = ",".join(repr(float(x)) for x in vec)
     return fields
+
+
+def item_info_fields(model: str) -> tuple[str, ...]:
+    """The item-hash fields `item_info` reads (lookups fetch only these)."""
+    return ("categories", f"vec:{model}")
 
 
 def item_info(fields: dict[str, str], model: str) -> ItemInfo:

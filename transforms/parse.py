@@ -11,10 +11,12 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 
-from schemas.events import Event, EventError, try_parse_event
+from schemas.events import Event, EventError, EventType, try_parse_event
+from transforms import pickling  # noqa: F401  (registers fast pickling of events between stages)
 
 NAMESPACE = "pulserank"
 DEAD_LETTERS = "dead_letters"
+TYPE_PREFIX = "events_written."  # + event type: written events by type (they sum to events_written)
 
 Line = tuple[str, int, object]  # (source, 1-based line or row number, raw line or row dict)
 
@@ -97,14 +99,19 @@ class _FirstByEventId(beam.DoFn):
     def __init__(self) -> None:
         self.duplicates = Metrics.counter(NAMESPACE, "duplicates")
         self.written = Metrics.counter(NAMESPACE, "events_written")
+        self.by_type = {t: Metrics.counter(NAMESPACE, f"{TYPE_PREFIX}{t.value}") for t in EventType}
 
     def process(self, keyed: tuple[str, list[Event]]):
         _, events = keyed
         events = list(events)
         if len(events) > 1:
             self.duplicates.inc(len(events) - 1)
+            first = min(events, key=lambda e: (e.ts, json.dumps(e.to_dict(), sort_keys=True)))
+        else:
+            first = events[0]
         self.written.inc()
-        yield min(events, key=lambda e: (e.ts, json.dumps(e.to_dict(), sort_keys=True)))
+        self.by_type[first.type].inc()
+        yield first
 
 
 class ParseEvents(beam.PTransform):

@@ -11,6 +11,7 @@ from apache_beam.metrics import Metrics
 
 from schemas import keys
 from schemas.features import FeatureConfig
+from stores import event_stream
 from stores.feature_store import FeatureStore, Write
 from stores.redis_client import get_redis
 from stores.vector_sink import VectorUpsert, enqueue, is_embedded, write
@@ -115,3 +116,41 @@ class WriteDeadLetters(beam.PTransform):
             | "ToJson" >> beam.Map(lambda r: json.dumps(r, ensure_ascii=False, sort_keys=True))
             | "Write" >> beam.io.WriteToText(self.path_prefix, file_name_suffix=".jsonl", shard_name_template="")
         )
+
+
+class _DeadLettersToStream(beam.DoFn):
+    """Buffers a bundle's dead letters and appends them to the dead-letter stream (once per entry)."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.redis_url = redis_url
+
+    def setup(self) -> None:
+        self.client = get_redis(self.redis_url)
+
+    def start_bundle(self) -> None:
+        self.buffer: list[dict] = []
+
+    def process(self, record: dict):
+        self.buffer.append(record)
+
+    def finish_bundle(self) -> None:
+        event_stream.dead_letter(self.client, self.buffer)
+        self.buffer = []
+
+    def teardown(self) -> None:
+        self.client.close()
+
+
+class WriteDeadLetterStream(beam.PTransform):
+    """Dead letters (source, line, raw, field, reason) → the Redis dead-letter stream (live mode).
+
+    At most once per `source` (a guard per source), so a retried bundle or a redelivered
+    micro-batch adds none twice.
+    """
+
+    def __init__(self, redis_url: str) -> None:
+        super().__init__()
+        self.redis_url = redis_url
+
+    def expand(self, records):
+        return records | "Append" >> beam.ParDo(_DeadLettersToStream(self.redis_url))

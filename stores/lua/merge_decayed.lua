@@ -1,8 +1,20 @@
--- Merge forward-decayed sums into hash fields once per summary id; returns the merged values.
+-- Merge forward-decayed sums into hash fields once per summary id.
 -- A field holds "landmark;s1,s2,...". Incoming sums at landmark Li join stored sums at L:
 -- re-expressed at L while exp((Li - L)/tau) stays below e^50, else everything moves to Li.
+-- Returns {1 if merged else 0, (field, value now)*}: a merge the guard skips still reports the
+-- stored values, so a re-run re-derives what followed the merge (vector upserts) after a crash.
 -- KEYS[1] guard, KEYS[2] hash; ARGV: guard ttl, tau ms (0 = no decay), (field, value)*
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  local now = {0}
+  for i = 3, #ARGV, 2 do
+    local stored = redis.call('HGET', KEYS[2], ARGV[i])
+    if stored then
+      now[#now + 1] = ARGV[i]
+      now[#now + 1] = stored
+    end
+  end
+  return now
+end
 local tau = tonumber(ARGV[2])
 local function parse(v)
   local sep = string.find(v, ';', 1, true)
@@ -10,7 +22,7 @@ local function parse(v)
   for x in string.gmatch(string.sub(v, sep + 1), '[^,]+') do sums[#sums + 1] = tonumber(x) end
   return tonumber(string.sub(v, 1, sep - 1)), sums
 end
-local out = {}
+local out = {1}
 for i = 3, #ARGV, 2 do
   local field = ARGV[i]
   local li, si = parse(ARGV[i + 1])

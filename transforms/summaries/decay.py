@@ -34,6 +34,9 @@ class Decayed:
 
     __hash__ = None  # type: ignore[assignment]
 
+    def __reduce__(self):  # pickled across Beam stages: a tuple, not dataclasses' slow __getstate__
+        return Decayed, (self.landmark_ms, self.sums)
+
 
 def observe(ts_ms: int, values: Sequence[float] | np.ndarray, tau_ms: float | None) -> Decayed:
     """One observation, weight 1 at its own time (landmark = its timestamp)."""
@@ -53,6 +56,18 @@ def merge(a: Decayed, b: Decayed, tau_ms: float | None) -> Decayed:
         return Decayed(0, a.sums + b.sums)
     landmark = max(a.landmark_ms, b.landmark_ms)
     return Decayed(landmark, rescale(a, landmark, tau_ms) + rescale(b, landmark, tau_ms))
+
+
+def merge_all(values: Sequence[Decayed], tau_ms: float | None) -> Decayed:
+    """`merge` over many summaries in one vectorised step (equal up to float rounding)."""
+    if len(values) == 1:
+        return values[0]
+    sums = np.stack([d.sums for d in values])
+    if not tau_ms:
+        return Decayed(0, sums.sum(axis=0))
+    landmarks = np.fromiter((d.landmark_ms for d in values), dtype=np.int64, count=len(values))
+    landmark = int(landmarks.max())
+    return Decayed(landmark, np.exp((landmarks - landmark) / tau_ms) @ sums)
 
 
 def at(d: Decayed, now_ms: int, tau_ms: float | None) -> np.ndarray:

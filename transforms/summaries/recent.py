@@ -14,8 +14,11 @@ K = 10
 Entry = tuple[int, str]  # (ts_ms, member)
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode  # built once, not per call
+
+
 def member(event_id: str, etype: str, item_id: str) -> str:
-    return json.dumps([event_id, etype, item_id], separators=(",", ":"), ensure_ascii=False)
+    return _COMPACT([event_id, etype, item_id])
 
 
 def merge(a: Iterable[Entry], b: Iterable[Entry], k: int = K) -> tuple[Entry, ...]:

@@ -8,7 +8,8 @@ components of the union, so the result does not depend on order or partitioning.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 GAP_MS = 30 * 60_000
 KEEP_MS = 86_400_000  # sessions ended more than 24 h before now are pruned
@@ -24,14 +25,13 @@ class Session:
     surface: str
     device: str
 
+    def __reduce__(self):  # pickled across Beam stages: a tuple, not dataclasses' slow __getstate__
+        return Session, (self.start, self.end, self.count, self.last_ts, self.last_event, self.surface, self.device)
+
     def merge(self, other: Session) -> Session:
         latest = max(self, other, key=lambda s: (s.last_ts, s.last_event))
-        return replace(
-            latest,
-            start=min(self.start, other.start),
-            end=max(self.end, other.end),
-            count=self.count + other.count,
-        )
+        return Session(min(self.start, other.start), max(self.end, other.end), self.count + other.count,
+                       latest.last_ts, latest.last_event, latest.surface, latest.device)
 
 
 Sessions = dict[str, Session]  # "id:<session id>" or "auto:<start ms>" → Session
@@ -43,9 +43,14 @@ def observe(ts: int, event_id: str, session_id: str | None, surface: str | None,
 
 
 def merge(a: Sessions, b: Sessions, gap_ms: int = GAP_MS) -> Sessions:
+    return merge_all((a, b), gap_ms)
+
+
+def merge_all(parts: Iterable[Sessions], gap_ms: int = GAP_MS) -> Sessions:
+    """`merge` over many parts at once: implicit sessions are sorted and coalesced once."""
     out: Sessions = {}
     implicit: list[Session] = []
-    for part in (a, b):
+    for part in parts:
         for key, s in part.items():
             if key.startswith("id:"):
                 out[key] = out[key].merge(s) if key in out else s

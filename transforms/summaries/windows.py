@@ -17,13 +17,19 @@ GRANULARITIES = {
 }
 
 
+_WIDTHS = tuple((code, width) for code, (width, _, _) in GRANULARITIES.items())
+
+
 def fields_for(ts_ms: int, labels: Iterable[str]) -> Counter[str]:
     """The bucket fields one event increments: each label in each granularity."""
-    out: Counter[str] = Counter()
-    for label in labels:
-        for code, (width, _, _) in GRANULARITIES.items():
-            out[f"{code}|{label}|{ts_ms // width}"] += 1
-    return out
+    labels = tuple(labels)
+    out: dict[str, int] = {}
+    for code, width in _WIDTHS:
+        bucket = ts_ms // width
+        for label in labels:
+            field = f"{code}|{label}|{bucket}"
+            out[field] = out.get(field, 0) + 1
+    return Counter(out)
 
 
 def _parse(field: str) -> tuple[str, str, int]:
