@@ -232,7 +232,8 @@ class LiveDriver:
         lines = p | "Entries" >> StagedBatch(self.url, self.batch_key)
         parsed = lines | "ParseEvents" >> ParseEvents()
         parsed["dead_letters"] | "DeadLetters" >> WriteDeadLetterStream(self.url)
-        build_features(parsed["events"], self.url, self.config, self.opts.vector_store, self.opts.scorer)
+        build_features(parsed["events"], self.url, self.config, self.opts.vector_store, self.opts.scorer,
+                       self.opts.registry)
         return p
 
     def run_pipeline(self, inputs: Sequence[tuple[str, int, bytes | None]]) -> tuple[dict[str, int], float, float]:

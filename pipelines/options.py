@@ -24,6 +24,8 @@ class FeatureOptions(PipelineOptions):
         parser.add_argument("--bandit_half_life_hours", type=float, default=None,
                             help="forward-decay the bandit counts (default: exact counts)")
         parser.add_argument("--scorer", default="vader", help="sentiment scorer for reviews")
+        parser.add_argument("--registry", default=None,
+                            help="model registry root (dir or gs://...): item content vectors once a model is promoted")
 
 
 def feature_config(opts: FeatureOptions) -> FeatureConfig:

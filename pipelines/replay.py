@@ -23,6 +23,7 @@ from schemas.clock import AS_OF_ENV, clock_from, parse_instant
 from schemas.features import FeatureConfig
 from stores.redis_client import get_redis, redis_url
 from stores.vector_sink import drain, is_embedded
+from transforms.content import ContentVectors, WriteContentVectors
 from transforms.features import Catalog, ComputeFeatures, RouteEvents
 from transforms.parse import NAMESPACE, ParseEvents, ReadEventLines
 from transforms.sinks import WriteDeadLetters, WriteFeatures
@@ -70,12 +71,22 @@ def build(p: beam.Pipeline, opts: ReplayOptions, url: str) -> None:
     lines = p | "Read" >> ReadEventLines([g for g in opts.input.split(",") if g])
     parsed = lines | "ParseEvents" >> ParseEvents(from_ms=lo, until_ms=hi)
     parsed["dead_letters"] | "DeadLetters" >> WriteDeadLetters(opts.dead_letters)
-    build_features(parsed["events"], url, feature_config(opts), opts.vector_store, opts.scorer)
+    build_features(parsed["events"], url, feature_config(opts), opts.vector_store, opts.scorer, opts.registry)
 
 
-def build_features(events, url: str, config: FeatureConfig, vector_store: str | None, scorer: str) -> None:
-    """Parsed events → every feature family → Redis and the vector store (shared with live mode)."""
+def build_features(events, url: str, config: FeatureConfig, vector_store: str | None, scorer: str,
+                   registry: str | None = None) -> None:
+    """Parsed events → every feature family → Redis and the vector store (shared with live mode).
+
+    With a model registry, item events also get the production content tower's vectors.
+    """
     routed = events | "RouteEvents" >> RouteEvents()
+    if registry:
+        (
+            routed["catalog"]
+            | "ContentVectors" >> ContentVectors(registry)
+            | "WriteContentVectors" >> WriteContentVectors(url, vector_store)
+        )
     catalog_done = (
         routed["catalog"]
         | "Catalog" >> Catalog(config)

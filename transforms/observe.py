@@ -7,15 +7,13 @@ the single definition that batch, streaming, live mode and the test reference al
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from schemas import keys
+from schemas.content_contract import hashed_features
 from schemas.events import Event, EventType
 from schemas.features import EMBEDDING_WEIGHTS, LIKED_RATING, LIKED_TYPES, FeatureConfig
 from transforms.summaries import decay, recent, sessions, windows
@@ -135,25 +133,11 @@ def trending_observations(event: Event, config: FeatureConfig) -> list[Keyed]:
     return [(keys.trending(s), Partial("trending", d, summary, tau)) for s in sorted(segments)]
 
 
-_TOKEN = re.compile(r"[a-z0-9]+")
-
-
 def content_vector(title: str | None, description: str | None, categories: tuple[str, ...], dim: int) -> np.ndarray:
-    """The content vector used before a content tower is registered: hashed categories and
-    title/description tokens, L2-normalised. Deterministic across processes (no salted hash).
+    """The content vector used before a content tower is registered: the tower's own hashed
+    input features (`schemas.content_contract`), so fallback and model see the same text.
     """
-    vec = np.zeros(dim, dtype=np.float64)
-    tokens: Counter[str] = Counter()
-    for c in categories:
-        tokens[f"cat:{c.lower()}"] += 3
-    for text in (title, description):
-        for tok in _TOKEN.findall((text or "").lower()):
-            tokens[f"tok:{tok}"] += 1
-    for tok, n in tokens.items():
-        h = int.from_bytes(hashlib.blake2b(tok.encode(), digest_size=8).digest(), "big")
-        vec[h % dim] += n if (h >> 32) & 1 else -n
-    norm = np.linalg.norm(vec)
-    return vec / norm if norm > 0 else vec
+    return hashed_features(title, description, categories, dim)
 
 
 def catalog_fields(event: Event, config: FeatureConfig) -> dict[str, str]:

@@ -23,6 +23,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from schemas.events import Event
 from schemas.features import FeatureConfig
+from transforms.content import ContentVectors, WriteContentVectors
 from transforms.features import Catalog, ComputeFeatures, RouteEvents
 from transforms.parse import DEAD_LETTERS, NAMESPACE, _Parse
 from transforms.sinks import WriteFeatures
@@ -116,13 +117,14 @@ class StreamingFeatures(beam.PTransform):
 
     def __init__(self, redis_url: str, vector_url: str | None, config: FeatureConfig | None = None,
                  scorer: str = "vader", pane_seconds: int = PANE_SECONDS, batch_size: int = 500,
-                 shards: int = 8, max_buffering_secs: float = 1.0) -> None:
+                 shards: int = 8, max_buffering_secs: float = 1.0, registry: str | None = None) -> None:
         super().__init__()
         self.redis_url = redis_url
         self.vector_url = vector_url
         self.config = config or FeatureConfig()
         self.scorer = scorer
         self.pane_seconds = pane_seconds
+        self.registry = registry  # item content vectors from the production content tower
         self.sink = dict(batch_size=batch_size, shards=shards, max_buffering_secs=max_buffering_secs)
 
     def expand(self, lines):
@@ -143,5 +145,13 @@ class StreamingFeatures(beam.PTransform):
             | "Features" >> ComputeFeatures(url, config, self.scorer, wait_for=None)
             | "WriteFeatures" >> WriteFeatures(url, self.vector_url, config, **self.sink)
         )
-        written = (catalog, features) | "Written" >> beam.Flatten()
+        parts = [catalog, features]
+        if self.registry:
+            parts.append(
+                routed["catalog"]
+                | "ContentVectors" >> ContentVectors(self.registry)
+                | "WriteContentVectors" >> WriteContentVectors(url, self.vector_url, max_buffering_secs=self.sink[
+                    "max_buffering_secs"])
+            )
+        written = tuple(parts) | "Written" >> beam.Flatten()
         return {"dead_letters": parsed["dead_letters"], "written": written}
