@@ -93,6 +93,21 @@ def _inspect(args: argparse.Namespace, beam_args: list[str]) -> int:
         client.close()
 
 
+def _live(args: argparse.Namespace, pipeline_args: list[str]) -> int:
+    from pipelines.live import run
+
+    result = run(pipeline_args)
+    print(result.summary())
+    return 0 if result.reconciles else 1
+
+
+def _stream(args: argparse.Namespace, pipeline_args: list[str]) -> int:
+    from pipelines.stream import run
+
+    print(f"submitted: {run(pipeline_args)}")
+    return 0
+
+
 def _demo(args: argparse.Namespace, beam_args: list[str]) -> int:
     from pulserank.demo import run_demo
 
@@ -154,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--redis-url", default=None, help="default: REDIS_URL")
     inspect.set_defaults(handler=_inspect)
 
+    passthrough = "options are the pipeline's own (python -m pipelines.{0} --help), passed through"
+    live = sub.add_parser("live", help="local live mode: Redis Stream micro-batches → features",
+                          description=passthrough.format("live"))
+    live.set_defaults(handler=_live)
+    stream = sub.add_parser("stream", help="submit the streaming pipeline (Kafka/Pub/Sub) to Flink or Dataflow",
+                            description=passthrough.format("stream"))
+    stream.set_defaults(handler=_stream)
+
     demo = sub.add_parser("demo", help="the main job on embedded defaults")
     demo.add_argument("--data", default="movielens100k", choices=["movielens100k", "synthetic"])
     demo.add_argument("--workdir", default="out/demo", help="where data and outputs go")
@@ -167,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=".*Post-Quantum.*", category=FutureWarning)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if rest and args.command not in ("replay", "demo"):
+    if rest and args.command not in ("replay", "demo", "live", "stream"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         clock = clock_from(args.as_of)
