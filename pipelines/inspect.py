@@ -130,7 +130,8 @@ def format_user(report: dict[str, Any]) -> str:
         for model, v in models.items():
             norm = "—" if v["norm"] is None else f"{v['norm']:.4f}"
             weight = "—" if v["weight"] is None else f"{v['weight']:.4g}"
-            lines.append(f"  embedding {kind} [{model}]: norm of the decayed mean {norm}, dim {v['dim']}, weight {weight}")
+            lines.append(f"  embedding {kind} [{model}]: norm of the decayed mean {norm}, dim {v['dim']},"
+                         f" weight {weight}")
     return "\n".join(lines)
 
 

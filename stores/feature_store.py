@@ -50,7 +50,7 @@ def _fmt(x: float) -> str:
 
 
 def encode_decayed(d: Decayed) -> str:
-    return f"{d.landmark_ms};" + ",".join(_fmt(x) for x in d.sums)
+    return f"{d.landmark_ms};" + ",".join(map(repr, d.sums.tolist()))  # tolist: Python floats, as _fmt gives
 
 
 def decode_decayed(raw: bytes | str) -> Decayed:

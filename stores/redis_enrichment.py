@@ -24,7 +24,7 @@ class RedisItemHandler(EnrichmentSourceHandler[list[Any], list[tuple[Any, dict[s
 
     use_custom_types = True
 
-    def __init__(self, redis_url: str, batch_size: int = 5000, fields: tuple[str, ...] | None = None) -> None:
+    def __init__(self, redis_url: str, batch_size: int = 1000, fields: tuple[str, ...] | None = None) -> None:
         self.redis_url = redis_url
         self.batch_size = batch_size
         self.fields = fields  # only these fields of the item hash (None: all of it)

@@ -1,4 +1,4 @@
-"""Fast pickling of events between Beam stages.
+"""Fast pickling of events (and sink writes) between Beam stages.
 
 Beam encodes elements it cannot type with pickle, and every event crosses at least two stage
 boundaries in a replay (the dedupe `GroupByKey`, the catalog barrier before lookups). A frozen
@@ -16,6 +16,7 @@ import operator
 from dataclasses import fields
 
 from schemas.events import Context, Event, EventType, ItemAttributes
+from stores.feature_store import Write
 
 _EVENT = tuple(f.name for f in fields(Event))
 _CONTEXT = tuple(f.name for f in fields(Context))
@@ -67,5 +68,10 @@ def _reduce_attributes(attrs: ItemAttributes) -> tuple:
     return _rebuild_attributes, (tuple(getattr(attrs, n) for n in _ATTRIBUTES),)
 
 
+def _reduce_write(w: Write) -> tuple:
+    return Write, (w.kind, w.key, w.summary_id, w.payload)
+
+
 copyreg.pickle(Event, _reduce_event)
 copyreg.pickle(ItemAttributes, _reduce_attributes)
+copyreg.pickle(Write, _reduce_write)  # the sink's GroupIntoBatches buffers every write in state

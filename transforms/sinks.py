@@ -29,7 +29,7 @@ def vector_upserts(writes: list[Write], merged: dict, config: FeatureConfig) -> 
             if norm > 0:
                 user_id = keys.hash_tag(key)[2:]
                 out.append(VectorUpsert(keys.vector_collection(f"users_{kind}", model), user_id,
-                                        tuple(float(x) for x in vec / norm), {"model": model}))
+                                        tuple((vec / norm).tolist()), {"model": model}))
     for w in writes:
         if w.kind == "item":
             fields = w.payload[2]
