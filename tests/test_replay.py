@@ -10,6 +10,7 @@ import redis as redis_lib
 from pipelines.replay import run
 from schemas.clock import clock_from
 from stores.feature_store import FeatureStore
+from tests.reference import raw
 
 AS_OF = "1997-12-05T00:00:00Z"
 LINES = [
@@ -59,26 +60,9 @@ def test_replaying_twice_leaves_the_same_state(tmp_path: Path, redis: redis_lib.
     log = _write_log(tmp_path / "log.jsonl")
     _replay(log, tmp_path, redis_url)
     guards = FeatureStore(redis).guard_stats()["guards"]
-    first = snapshot(redis)
+    first = raw(redis)
     again = _replay(log, tmp_path, redis_url)
     assert again["keys_merged"] == 0 and again["merges_skipped_by_guard"] > 0
-    assert snapshot(redis) == first
+    assert raw(redis) == first
     assert FeatureStore(redis).guard_stats()["guards"] == guards
 
-
-def snapshot(client: redis_lib.Redis) -> dict:
-    """Every non-guard key's contents, by type."""
-    out = {}
-    for key in client.scan_iter():
-        if b":g:" in key:
-            continue
-        kind = client.type(key)
-        if kind == b"hash":
-            out[key] = client.hgetall(key)
-        elif kind == b"zset":
-            out[key] = client.zrange(key, 0, -1, withscores=True)
-        elif kind == b"list":
-            out[key] = client.lrange(key, 0, -1)
-        else:
-            out[key] = client.get(key)
-    return out
