@@ -67,8 +67,13 @@ def trending(segment_name: str) -> str:
     return segment(segment_name, "trend")
 
 
+def landmark_of(key: str) -> str:
+    """Where a sorted set of decayed scores keeps the landmark its scores are held at."""
+    return f"{key}:landmark"
+
+
 def trending_landmark(segment_name: str) -> str:
-    return segment(segment_name, "trend:landmark")
+    return landmark_of(trending(segment_name))
 
 
 def hash_tag(key: str) -> str:

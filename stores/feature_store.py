@@ -19,6 +19,7 @@ import redis
 
 from schemas import keys
 from schemas.clock import Clock, default_clock
+from schemas.features import FeatureConfig
 from transforms.summaries import decay, recent, sessions, windows
 from transforms.summaries.decay import Decayed
 
@@ -133,8 +134,7 @@ class FeatureStore:
             args = [ttl, int(tau), landmark]
             for item_id, d in sorted(items.items()):
                 args += [item_id, _fmt(decay.rescale(d, landmark, tau)[0])]
-            landmark_key = w.key + ":landmark"
-            run["merge_trending"](keys=[guard, w.key, landmark_key], args=args, client=pipe)
+            run["merge_trending"](keys=[guard, w.key, keys.landmark_of(w.key)], args=args, client=pipe)
         elif w.kind == "sessions":
             prune_before = self.clock.now_ms() - sessions.KEEP_MS - sessions.GAP_MS
             args = [ttl, sessions.GAP_MS, prune_before]
@@ -201,14 +201,17 @@ class FeatureStore:
         pattern = keys.segment("*", "bandit")
         return sorted(keys.hash_tag(k.decode())[2:] for k in self.client.scan_iter(match=pattern, count=1000))
 
-    def trending(self, segment: str, n: int, now_ms: int | None = None, tau_ms: float = 1.0) -> list[tuple[str, float]]:
-        """Top-n items by decayed count as of now (scores re-expressed at `now_ms`)."""
+    def trending(self, segment: str, n: int, now_ms: int | None = None,
+                 tau_ms: float = FeatureConfig.trending_tau_ms) -> list[tuple[str, float]]:
+        """Top-n items by decayed count as of now (scores re-expressed at `now_ms`), one round trip."""
         now = self.clock.now_ms() if now_ms is None else now_ms
-        landmark = self.client.get(keys.trending_landmark(segment))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(keys.trending_landmark(segment))
+        pipe.zrevrange(keys.trending(segment), 0, n - 1, withscores=True)
+        landmark, top = pipe.execute()
         if landmark is None:
             return []
         factor = np.exp((int(landmark) - now) / tau_ms)
-        top = self.client.zrevrange(keys.trending(segment), 0, n - 1, withscores=True)
         return [(m.decode(), float(s) * factor) for m, s in top]
 
     def guard_stats(self, sample: int = 50) -> dict[str, int]:
@@ -235,6 +238,3 @@ def _session_dict(s: sessions.Session) -> dict[str, Any]:
     return {"start": s.start, "end": s.end, "length": s.count, "duration_ms": s.end - s.start,
             "last_ts": s.last_ts, "surface": s.surface or None, "device": s.device or None}
 
-
-def decayed_to_fields(values: Mapping[str, Decayed]) -> dict[str, str]:
-    return {k: encode_decayed(v) for k, v in values.items()}
