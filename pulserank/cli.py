@@ -108,10 +108,25 @@ def _stream(args: argparse.Namespace, pipeline_args: list[str]) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace, rest: list[str]) -> int:
+    from pipelines.evaluate import main as evaluate_main
+
+    try:
+        return evaluate_main(rest)
+    except SystemExit as exc:  # its own argparse: --help (0) and usage errors (2)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+
+
 def _demo(args: argparse.Namespace, beam_args: list[str]) -> int:
     from pulserank.demo import run_demo
 
     return run_demo(data=args.data, workdir=Path(args.workdir), cache_dir=Path(args.cache_dir))
+
+
+def _models(args: argparse.Namespace, _: list[str]) -> int:
+    from pipelines.models_cmd import run
+
+    return run(args.action, args.registry, args.alias, getattr(args, "version", None), getattr(args, "json", False))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,12 +191,29 @@ def build_parser() -> argparse.ArgumentParser:
     stream = sub.add_parser("stream", help="submit the streaming pipeline (Kafka/Pub/Sub) to Flink or Dataflow",
                             description=passthrough.format("stream"))
     stream.set_defaults(handler=_stream)
+    evaluate = sub.add_parser("evaluate", add_help=False, help="offline evaluation against baselines (offline), "
+                              "off-policy evaluation (ope); see pulserank evaluate --help")
+    evaluate.set_defaults(handler=_evaluate)
 
     demo = sub.add_parser("demo", help="the main job on embedded defaults")
     demo.add_argument("--data", default="movielens100k", choices=["movielens100k", "synthetic"])
     demo.add_argument("--workdir", default="out/demo", help="where data and outputs go")
     demo.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "pulserank"))
     demo.set_defaults(handler=_demo)
+
+    models = sub.add_parser("models", help="the model registry: list versions, promote, roll back")
+    model_action = models.add_subparsers(dest="action", required=True)
+    listed = model_action.add_parser("list", help="published versions, oldest first; * marks the alias")
+    promote = model_action.add_parser("promote", help="point the alias at a published version (verified first)")
+    promote.add_argument("version")
+    rollback = model_action.add_parser("rollback", help="point the alias back at the version promoted before")
+    history = model_action.add_parser("history", help="every promotion and rollback of the alias, oldest first")
+    for p in (listed, promote, rollback, history):
+        p.add_argument("--registry", required=True, help="registry root: a directory or e.g. gs://bucket/models")
+        p.add_argument("--alias", default="production", help="the alias (default: production)")
+    for p in (listed, history):
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+    models.set_defaults(handler=_models)
     return parser
 
 
@@ -190,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=".*Post-Quantum.*", category=FutureWarning)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if rest and args.command not in ("replay", "demo", "live", "stream"):
+    if rest and args.command not in ("replay", "demo", "live", "stream", "evaluate"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         clock = clock_from(args.as_of)
