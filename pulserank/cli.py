@@ -108,6 +108,15 @@ def _stream(args: argparse.Namespace, pipeline_args: list[str]) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace, rest: list[str]) -> int:
+    from pipelines.train import main as train_main
+
+    try:
+        return train_main(rest)
+    except SystemExit as exc:  # its own argparse: --help (0) and usage errors (2)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+
+
 def _evaluate(args: argparse.Namespace, rest: list[str]) -> int:
     from pipelines.evaluate import main as evaluate_main
 
@@ -191,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     stream = sub.add_parser("stream", help="submit the streaming pipeline (Kafka/Pub/Sub) to Flink or Dataflow",
                             description=passthrough.format("stream"))
     stream.set_defaults(handler=_stream)
+    train = sub.add_parser("train", add_help=False, help="retrain the models from event logs into a registry; "
+                           "see pulserank train --help")
+    train.set_defaults(handler=_train)
     evaluate = sub.add_parser("evaluate", add_help=False, help="offline evaluation against baselines (offline), "
                               "off-policy evaluation (ope); see pulserank evaluate --help")
     evaluate.set_defaults(handler=_evaluate)
@@ -222,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=".*Post-Quantum.*", category=FutureWarning)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if rest and args.command not in ("replay", "demo", "live", "stream", "evaluate"):
+    if rest and args.command not in ("replay", "demo", "live", "stream", "evaluate", "train"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         clock = clock_from(args.as_of)
