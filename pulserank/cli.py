@@ -117,6 +117,15 @@ def _train(args: argparse.Namespace, rest: list[str]) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
 
 
+def _deploy(args: argparse.Namespace, rest: list[str]) -> int:
+    from pipelines.deploy import main as deploy_main
+
+    try:
+        return deploy_main(rest)
+    except SystemExit as exc:  # its own argparse: --help (0) and usage errors (2)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+
+
 def _evaluate(args: argparse.Namespace, rest: list[str]) -> int:
     from pipelines.evaluate import main as evaluate_main
 
@@ -203,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", add_help=False, help="retrain the models from event logs into a registry; "
                            "see pulserank train --help")
     train.set_defaults(handler=_train)
+    deploy = sub.add_parser("deploy", add_help=False, help="after training: a version's embeddings and features into "
+                            "the vector store and Redis, bandit posteriors re-derived; see pulserank deploy --help")
+    deploy.set_defaults(handler=_deploy)
     evaluate = sub.add_parser("evaluate", add_help=False, help="offline evaluation against baselines (offline), "
                               "off-policy evaluation (ope); see pulserank evaluate --help")
     evaluate.set_defaults(handler=_evaluate)
@@ -234,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=".*Post-Quantum.*", category=FutureWarning)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if rest and args.command not in ("replay", "demo", "live", "stream", "evaluate", "train"):
+    if rest and args.command not in ("replay", "demo", "live", "stream", "evaluate", "train", "deploy"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         clock = clock_from(args.as_of)

@@ -49,6 +49,13 @@ def user_vectors(user_id: str) -> str:
     return user(user_id, "vec")
 
 
+def user_batch_embedding(user_id: str) -> str:
+    """Hash of the batch user embeddings (pipelines/deploy): `vec:<model version>` → float32 bytes
+    (little-endian) in that version's two-tower space, `as_of:<model version>` → epoch ms of the
+    clock it was computed at. One field pair per version, so a rollback finds its vectors still there."""
+    return user(user_id, "bemb")
+
+
 def item_attributes(item_id: str) -> str:
     return item(item_id, "attrs")
 
@@ -57,9 +64,21 @@ def item_emotion(item_id: str) -> str:
     return item(item_id, "emo")
 
 
+def item_model_features(item_id: str, model: str) -> str:
+    """Hash of what serving's ranker needs about an item under one model version (pipelines/deploy):
+    `categories` (JSON list padded with "" to the ranker's width), `content` and `embedding`
+    (float32 bytes, little-endian), `popularity` (positive interactions in the log), `as_of` (ms)."""
+    return item(item_id, f"feat:{model}")
+
+
 def bandit(segment_name: str) -> str:
     """Hash of item → decayed (α, β) for one segment (GLOBAL_SEGMENT: every segment)."""
     return segment(segment_name, "bandit")
+
+
+def bandit_rebuild(segment_name: str, run: str, part: str) -> str:
+    """Scratch keys of one bandit re-derivation run (`part`: staging, snapshot), beside the live key."""
+    return segment(segment_name, f"bandit:{part}:{run}")
 
 
 def trending(segment_name: str) -> str:
@@ -90,11 +109,21 @@ def guard_pattern() -> str:
     return f"{PREFIX}:{{*}}:g:*"
 
 
+DEPLOYED_MODELS = f"{PREFIX}:models:deployed"  # hash: model version → JSON record of its last deploy run
 VECTOR_QUEUE = f"{PREFIX}:vectors:pending"  # upserts waiting for a single-writer vector store
 
 
+# Vector-store collection kinds. For a trained version: ITEMS holds item-tower embeddings (the
+# collaborative ANN), CONTENT content-tower vectors (the content ANN), USERS batch user embeddings
+# (pipelines/deploy). For `hash-v0` (no model yet) ITEMS holds the hashed content vectors. The
+# streaming path adds `users_collab` and `users_pref` (decayed means, transforms/sinks.py).
+ITEMS = "items"
+CONTENT = "content"
+USERS = "users"
+
+
 def vector_collection(kind: str, model: str) -> str:
-    """Vector-store collection of `kind` (items, users_collab, users_pref) for one model version."""
+    """Vector-store collection of `kind` (ITEMS, CONTENT, USERS, users_collab, users_pref) for one model version."""
     safe = "".join(ch if ch.isalnum() else "_" for ch in model.lower())
     return f"{kind}_{safe}"
 

@@ -296,7 +296,7 @@ def test_streaming_gives_the_batch_vectors_and_they_reach_the_vector_store(tmp_p
              | ContentVectors(str(root)) | WriteContentVectors(redis_url, None, batch_size=3))
 
     queued = [json.loads(r) for r in redis.lrange(keys.VECTOR_QUEUE, 0, -1)]
-    collection = keys.vector_collection("items", "v1")
+    collection = keys.vector_collection(keys.CONTENT, "v1")
     assert {c for c, *_ in queued} == {collection}
     expected = expected_vectors(lines, w)
     assert sum(i == "i0" for _, i, _, _ in queued) == 2  # its first pane and its update's pane, in that order
@@ -318,5 +318,5 @@ def test_streaming_gives_the_batch_vectors_and_they_reach_the_vector_store(tmp_p
 
 def test_content_upserts_name_the_version_collection() -> None:
     (u,) = content_upserts([ContentVector("i1", "2024-05-01.a", (0.6, 0.8), ("c1",))])
-    assert (u.collection, u.id, u.vector, u.properties) == ("items_2024_05_01_a", "i1", (0.6, 0.8),
+    assert (u.collection, u.id, u.vector, u.properties) == ("content_2024_05_01_a", "i1", (0.6, 0.8),
                                                            {"categories": ["c1"]})

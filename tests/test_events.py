@@ -194,15 +194,21 @@ def _set_path(ev: dict, path: str, value: object) -> dict:
     key, _, sub = rest.partition(".")
     if key.endswith("]"):  # categories[0]
         name, idx = key[:-1].split("[")
-        node.setdefault(name, ["ok"])[int(idx)] = value
+        _set_item(node.setdefault(name, ["ok"]), int(idx), value, "ok")
     elif sub.endswith("]"):  # vectors.image[1]
         name, idx = sub[:-1].split("[")
-        node.setdefault(key, {}).setdefault(name, [0.5, 0.5, 0.5])[int(idx)] = value
+        _set_item(node.setdefault(key, {}).setdefault(name, [0.5, 0.5, 0.5]), int(idx), value, 0.5)
     elif sub:
         node.setdefault(key, {})[sub] = value
     else:
         node[key] = value
     return ev
+
+
+def _set_item(items: list, idx: int, value: object, filler: object) -> None:
+    """Sets items[idx], first padding a drawn list that is too short to have that index."""
+    items.extend([filler] * (idx + 1 - len(items)))
+    items[idx] = value
 
 
 @st.composite

@@ -7,6 +7,8 @@ serialization, not defaults that happen to match.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 
 from schemas import personalization_pb2 as pb
 from schemas import personalization_pb2_grpc as pb_grpc
-from schemas.protos import OUTPUTS, REPO_ROOT, generate
+from schemas.protos import OUTPUTS, REPO_ROOT
 
 
 class EchoServicer(pb_grpc.PersonalizationServicer):
@@ -94,10 +96,18 @@ def served() -> Iterator[tuple[pb_grpc.PersonalizationStub, EchoServicer]]:
         server.stop(None)
 
 
+def _generate_in_child(out_dir: Path) -> list[Path]:
+    """protoc in a child process: grpc_tools' protoc segfaults in a process that has loaded
+    TensorFlow (other tests in the same session do)."""
+    code = "import sys; from pathlib import Path; from schemas.protos import generate; generate(Path(sys.argv[1]))"
+    subprocess.run([sys.executable, "-c", code, str(out_dir)], check=True, cwd=REPO_ROOT)
+    return [out_dir / rel for rel in OUTPUTS]
+
+
 def test_committed_stubs_match_the_proto(tmp_path: Path) -> None:
     """A .proto edit without `python -m schemas.protos` fails here, and generation is stable."""
-    first = generate(tmp_path / "a")
-    second = generate(tmp_path / "b")
+    first = _generate_in_child(tmp_path / "a")
+    second = _generate_in_child(tmp_path / "b")
     assert [p.relative_to(tmp_path / "a") for p in first] == list(OUTPUTS)
     for rel, a, b in zip(OUTPUTS, first, second, strict=True):
         committed = (REPO_ROOT / rel).read_bytes()

@@ -53,8 +53,9 @@ class ContentVector:
 
 
 def content_upserts(vectors: Iterable[ContentVector]) -> list[VectorUpsert]:
-    """Vector-store upserts into the model version's item collection (`items_<version>`)."""
-    return [VectorUpsert(keys.vector_collection("items", v.version), v.item_id, v.vector,
+    """Vector-store upserts into the version's content collection (`content_<version>`; the item
+    tower's embeddings go to `items_<version>`)."""
+    return [VectorUpsert(keys.vector_collection(keys.CONTENT, v.version), v.item_id, v.vector,
                          {"categories": list(v.categories)}) for v in vectors]
 
 
