@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from models.examples import CATEGORIES_LEN, HISTORY_LEN, categories_row, context_features, padded
-from schemas.content_contract import MODEL_FILE, ContentContract, content_inputs
+from schemas.content_contract import MODEL_FILE, ContentContract, catalog_inputs
 from schemas.events import Event
 
 USER_TOWER = "user_tower.onnx"
@@ -69,14 +69,7 @@ class OnnxRecommender:
         self.train = train
         ids = list(train.item_ids)
         catalog = self.catalog or dict(getattr(train, "catalog", {}) or {})
-        events = [catalog.get(i) for i in ids]
-        feed = {k: np.zeros((len(ids), w), np.float32) for k, w in self.contract.input_shapes().items()}
-        known = [n for n, e in enumerate(events) if e is not None]
-        if known:
-            filled = content_inputs([events[n] for n in known], self.contract)
-            for k in feed:
-                feed[k][known] = filled[k]
-        self.content = self._run(MODEL_FILE, feed, "content")
+        self.content = self._run(MODEL_FILE, catalog_inputs(ids, catalog, self.contract), "content")
         self.item_vecs = self._run(ITEM_TOWER, {"item_id": _strings(ids), "content": self.content}, "embedding")
         self.item_categories = _strings([categories_row(c) for c in train.item_categories]).reshape(
             len(ids), CATEGORIES_LEN)

@@ -34,7 +34,7 @@ class TowerConfig:
     use_content: bool = True  # unknown (cold) items are placed by their content vector
     mlp: bool = False  # an MLP over bag, user id and context (False: bag + user id)
     normalize: bool = False  # unit vectors (cosine) instead of raw dot products
-    history_dropout: float = 0.0  # share of history items hidden in a step (denoising)
+    history_dropout: float = 0.5  # share of history items hidden in a step (denoising)
     item_bias: bool = True  # a per-item bias as the last coordinate (the user side carries a 1)
 
 

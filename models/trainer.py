@@ -58,7 +58,7 @@ class ItemTable:
 class TrainConfig:
     towers: TowerConfig = field(default_factory=TowerConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
-    tower_epochs: int = 12
+    tower_epochs: int = 40
     content_epochs: int = 4
     ranker_epochs: int = 3
     edge_epochs: int = 3

@@ -8,7 +8,7 @@ log as of the clock (`--as-of`, else `PULSERANK_AS_OF`, else wall time; later ev
 out), with the version's ONNX files only: onnxruntime, no TensorFlow in this process.
 
 1. **Items.** Every catalogue item (`item` events ∪ items with a positive interaction) gets its
-   content vector (content_tower.onnx over `schemas.content_contract.content_inputs`) and its
+   content vector (content_tower.onnx over `schemas.content_contract.catalog_inputs`) and its
    item-tower embedding. Upserted by item id into `vector_collection(CONTENT, version)` (cosine)
    and `vector_collection(ITEMS, version)` (inner product, what the towers score by). The version
    is in the collection name, so a new model never mixes its space with the old one's, and
@@ -77,7 +77,7 @@ from models.examples import CATEGORIES_LEN, HISTORY_LEN, POSITIVE_TYPES, padded,
 from models.onnx_recommender import ITEM_TOWER, USER_TOWER  # models.exported imports TensorFlow
 from schemas import keys
 from schemas.clock import Clock, InstantError, clock_from, default_clock, format_instant
-from schemas.content_contract import MODEL_FILE, ContentContract, content_inputs
+from schemas.content_contract import MODEL_FILE, ContentContract, catalog_inputs
 from schemas.events import Event, EventError, EventType, parse_event
 from schemas.features import FeatureConfig
 from stores import deployment
@@ -326,15 +326,9 @@ def upsert_vectors(store: VectorStore, collection: str, ids: Sequence[str], vect
 def deploy_items(models: Models, log: LogView, client: redis.Redis, store: VectorStore,
                  report: DeployReport) -> None:
     ids = log.item_ids()
-    events = [log.catalog.get(i) for i in ids]
-    feed = {k: np.zeros((len(ids), w), np.float32) for k, w in models.contract.input_shapes().items()}
-    known = [n for n, e in enumerate(events) if e is not None]
-    if known:
-        filled = content_inputs([events[n] for n in known], models.contract)
-        for k in feed:
-            feed[k][known] = filled[k]
-    content = run_model(models.content, feed, "content")
+    content = run_model(models.content, catalog_inputs(ids, log.catalog, models.contract), "content")
     embedding = run_model(models.item, {"item_id": _strings(ids), "content": content}, "embedding")
+    events = [log.catalog.get(i) for i in ids]
     categories = [tuple(e.attributes.categories) if e is not None and e.attributes is not None else () for e in events]
     rows = [deployment.ItemFeatures(item_id, tuple(padded(list(cats), models.categories_len)), content[n],
                                     embedding[n], log.popularity.get(item_id, 0), log.now_ms)

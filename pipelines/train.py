@@ -6,7 +6,8 @@ Stages (each timed and printed): read + split, preprocess (a Beam pipeline: poin
 examples and TFT's AnalyzeAndTransformDataset over them), train, export (SavedModel → ONNX with
 the TFT layer inside, parity-checked against TensorFlow on rows no model trained on), evaluate
 (on the held-out split, beside MostPop and ItemKNN, with a report), publish (a new registry
-version; promoted when asked to, or only if better). With `--holdout none` every interaction
+version; promoted when asked to, or only if better) and, with `--deploy`, the deploy stage
+(`pipelines/deploy.py`) for the promoted version. With `--holdout none` every interaction
 trains (a production refresh); then there is no offline evaluation.
 """
 
@@ -28,7 +29,7 @@ import numpy as np
 
 from models import registry
 from models.examples import CATEGORIES_LEN, CONTEXT, HISTORY_LEN, RECENT_LEN
-from schemas.content_contract import MODALITIES, MODEL_FILE, ContentContract, content_inputs
+from schemas.content_contract import MODALITIES, MODEL_FILE, ContentContract, catalog_inputs
 from schemas.events import Event, parse_event
 
 DEFAULT_CONTENT_DIM = 512
@@ -64,12 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--promote", choices=["never", "always", "if-better"], default="never",
                    help="move the production alias to the new version (if-better: only when its NDCG@10 beats "
                         "the baselines and the current production version)")
+    p.add_argument("--deploy", action="store_true",
+                   help="after a promotion, run the deploy stage (vectors, item features, user embeddings, bandit)")
+    p.add_argument("--redis-url", default=None, help="for --deploy (default: REDIS_URL, else an embedded server)")
+    p.add_argument("--vector-store", default=None, help="for --deploy: embedded:///dir or http://weaviate:8080")
     p.add_argument("--content-dim", type=int, default=DEFAULT_CONTENT_DIM, help="content vector size (64-1024)")
     p.add_argument("--modality-dim", type=int, default=DEFAULT_MODALITY_DIM,
                    help="width of a precomputed modality no item carries (others: their common length)")
     p.add_argument("--hashed-dim", type=int, default=1024, help="hashed text/category features per item")
-    p.add_argument("--embedding-dim", type=int, default=64)
-    p.add_argument("--tower-epochs", type=int, default=12)
+    p.add_argument("--embedding-dim", type=int, default=128)
+    p.add_argument("--tower-epochs", type=int, default=40)
     p.add_argument("--ranker-epochs", type=int, default=3)
     p.add_argument("--report", default=None, help="evaluation report folder (default: <workdir>/report)")
     return p
@@ -159,13 +164,8 @@ def item_table(tft_output, catalog: dict[str, Event], contract: ContentContract)
 
     ids = _vocabulary(tft_output, ITEMS)
     category_index = {c: i + 1 for i, c in enumerate(_vocabulary(tft_output, CATEGORIES))}
-    feed = {k: np.zeros((len(ids) + 1, w), np.float32) for k, w in contract.input_shapes().items()}
+    feed = catalog_inputs(["", *ids], catalog, contract)  # row 0: the unknown item, all missing
     rows = [(i + 1, catalog[item]) for i, item in enumerate(ids) if item in catalog]
-    if rows:
-        filled = content_inputs([e for _, e in rows], contract)
-        at = np.array([r for r, _ in rows])
-        for k in feed:
-            feed[k][at] = filled[k]
     categories = np.zeros((len(ids) + 1, CATEGORIES_LEN), np.int64)
     for r, e in rows:
         cats = [category_index.get(c, 0) for c in (e.attributes.categories if e.attributes else ())][:CATEGORIES_LEN]
@@ -252,30 +252,28 @@ def train(args: argparse.Namespace, globs: list[str], beam_args: list[str], work
         }
         registry.publish(args.registry, version, files, metadata)
         promoted = False
-        if args.promote == "always" or (args.promote == "if-better" and better_than_production(args.registry,
-                                                                                               metrics)):
+        if args.promote == "always" or (args.promote == "if-better"
+                                        and better_than_production(args.registry, version, metrics)):
             registry.promote(args.registry, version)
             promoted = True
+    if promoted and args.deploy:
+        from pipelines.deploy import deploy
+
+        with stages("deploy"):
+            print(deploy(args.registry, version, globs, args.redis_url, args.vector_store).summary())
     return {"version": version, "promoted": promoted, "metrics": metrics}
 
 
-def better_than_production(root: str, metrics: dict) -> bool:
-    """The gate: NDCG@10 at least the best baseline's and the production version's."""
-    mine = metrics.get("model", {}).get("ndcg@10")
-    if mine is None:
+def better_than_production(root: str, version: str, metrics: dict) -> bool:
+    """The promotion gate of `pulserank evaluate` (baselines, canary, production version)."""
+    if "model" not in metrics:
         print("  not promoted: no offline metrics (trained with --holdout none)")
         return False
-    best_baseline = max((v.get("ndcg@10", 0.0) for k, v in metrics.items() if k != "model"), default=0.0)
-    if mine < best_baseline:
-        print(f"  not promoted: NDCG@10 {mine:.4f} < best baseline {best_baseline:.4f}")
-        return False
-    alias = registry.read_alias(root)
-    if alias is not None:
-        current = registry.load_version(root, alias.version).metadata.get("metrics", {}).get("model", {})
-        if current.get("ndcg@10", -1.0) > mine:
-            print(f"  not promoted: NDCG@10 {mine:.4f} < production {alias.version}'s {current['ndcg@10']:.4f}")
-            return False
-    return True
+    from pipelines.evaluate import promotion_decision
+
+    ok, why = promotion_decision(root, version, metrics)
+    print(f"  {why}")
+    return ok
 
 
 @dataclass
@@ -405,8 +403,9 @@ def evaluate_version(files: dict[str, str], trained: Trained, split, report_dir:
     from models.onnx_recommender import OnnxRecommender
     from pipelines.evaluate import evaluate_and_report
 
-    model = OnnxRecommender(files, trained.contract)
-    return evaluate_and_report(split, {"model": model}, report_dir, training_curves=trained.losses,
+    scorers = {"model": OnnxRecommender(files, trained.contract),  # retrieval + ranker, as served
+               "retrieval-only": OnnxRecommender(files, trained.contract, use_ranker=False)}
+    return evaluate_and_report(split, scorers, report_dir, training_curves=trained.losses,
                                timings=dict(stages.times))
 
 

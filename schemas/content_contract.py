@@ -150,6 +150,19 @@ def content_inputs(items: Sequence[Event], contract: ContentContract) -> dict[st
     return feed
 
 
+def catalog_inputs(item_ids: Sequence[str], catalog: Mapping[str, Event], contract: ContentContract
+                   ) -> dict[str, np.ndarray]:
+    """The feed for `item_ids` in order, from their `item` events; an item with none gets the
+    all-missing row (zeros, every mask 0)."""
+    feed = {name: np.zeros((len(item_ids), width), dtype=np.float32) for name, width in contract.input_shapes().items()}
+    known = [n for n, item in enumerate(item_ids) if item in catalog]
+    if known:
+        filled = content_inputs([catalog[item_ids[n]] for n in known], contract)
+        for name in feed:
+            feed[name][known] = filled[name]
+    return feed
+
+
 def check_model(session, contract: ContentContract) -> None:
     """Raises ValueError unless an onnxruntime session's inputs and output follow the contract.
 

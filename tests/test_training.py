@@ -124,8 +124,8 @@ def test_edge_ranker_fits_the_edge_budget(version) -> None:
 
 def test_offline_metrics_are_recorded_beside_the_baselines(version) -> None:
     metrics = version.metadata["metrics"]
-    assert {"model", "MostPop", "ItemKNN"} <= set(metrics)
-    for name in ("model", "MostPop", "ItemKNN"):
+    assert {"model", "retrieval-only", "MostPop", "ItemKNN"} <= set(metrics)
+    for name in ("model", "retrieval-only", "MostPop", "ItemKNN"):
         assert 0.0 <= metrics[name]["ndcg@10"] <= 1.0
         assert "canary" in metrics[name]
     assert metrics["model"]["ndcg@10"] > metrics["model"]["canary"]["ndcg@10"]
