@@ -6,6 +6,7 @@ Kept thin: each subcommand parses its flags and calls one function elsewhere.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import time
@@ -108,31 +109,17 @@ def _stream(args: argparse.Namespace, pipeline_args: list[str]) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace, rest: list[str]) -> int:
-    from pipelines.train import main as train_main
+def _own_parser(module: str):
+    """A handler for a pipeline with its own argparse (`main(argv) -> int`), given the rest of argv."""
 
-    try:
-        return train_main(rest)
-    except SystemExit as exc:  # its own argparse: --help (0) and usage errors (2)
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    def handler(args: argparse.Namespace, rest: list[str]) -> int:
+        main = importlib.import_module(module).main
+        try:
+            return main(rest)
+        except SystemExit as exc:  # its own argparse: --help (0) and usage errors (2)
+            return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
 
-
-def _deploy(args: argparse.Namespace, rest: list[str]) -> int:
-    from pipelines.deploy import main as deploy_main
-
-    try:
-        return deploy_main(rest)
-    except SystemExit as exc:  # its own argparse: --help (0) and usage errors (2)
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-
-
-def _evaluate(args: argparse.Namespace, rest: list[str]) -> int:
-    from pipelines.evaluate import main as evaluate_main
-
-    try:
-        return evaluate_main(rest)
-    except SystemExit as exc:  # its own argparse: --help (0) and usage errors (2)
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    return handler
 
 
 def _demo(args: argparse.Namespace, beam_args: list[str]) -> int:
@@ -211,13 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     stream.set_defaults(handler=_stream)
     train = sub.add_parser("train", add_help=False, help="retrain the models from event logs into a registry; "
                            "see pulserank train --help")
-    train.set_defaults(handler=_train)
+    train.set_defaults(handler=_own_parser("pipelines.train"))
     deploy = sub.add_parser("deploy", add_help=False, help="after training: a version's embeddings and features into "
                             "the vector store and Redis, bandit posteriors re-derived; see pulserank deploy --help")
-    deploy.set_defaults(handler=_deploy)
+    deploy.set_defaults(handler=_own_parser("pipelines.deploy"))
     evaluate = sub.add_parser("evaluate", add_help=False, help="offline evaluation against baselines (offline), "
                               "off-policy evaluation (ope); see pulserank evaluate --help")
-    evaluate.set_defaults(handler=_evaluate)
+    evaluate.set_defaults(handler=_own_parser("pipelines.evaluate"))
 
     demo = sub.add_parser("demo", help="the main job on embedded defaults")
     demo.add_argument("--data", default="movielens100k", choices=["movielens100k", "synthetic"])
