@@ -8,7 +8,6 @@ serving agree by construction. Plain Python, no TensorFlow or Beam.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -121,7 +120,3 @@ def serving_row(user_id: str, positives_oldest_first: Sequence[str], now_ms: int
         "history": padded(recent_unique(positives_oldest_first, history_len), history_len),
         "context": context_features(len(positives_oldest_first), now_ms),
     }
-
-
-def log1p_safe(x: float) -> float:
-    return math.log1p(max(0.0, x))

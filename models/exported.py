@@ -12,11 +12,9 @@ from __future__ import annotations
 import tensorflow as tf
 
 from models.examples import CATEGORIES_LEN, CONTEXT, HISTORY_LEN, PAD, RECENT_LEN
+from models.onnx_recommender import ITEM_TOWER, RANKER, USER_TOWER  # noqa: F401  (one home, TF-free)
 from models.preprocess import CONTEXT_WIDTH
 
-USER_TOWER = "user_tower.onnx"
-ITEM_TOWER = "item_tower.onnx"
-RANKER = "ranker.onnx"
 EDGE_RANKER = "edge_ranker.onnx"
 EDGE_MAX_BYTES = 10 * 1024 * 1024  # the design's edge scorer budget
 

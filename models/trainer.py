@@ -184,31 +184,26 @@ def ranker_rows(data: Examples, user_vecs: np.ndarray, item_vecs: np.ndarray, co
     counts = np.bincount(data.item[data.label > 0], minlength=n_items + 1).astype(np.float64)[1:]
     counts = np.maximum(counts, 1.0) ** config.negative_power
     popular = counts / counts.sum()
-    rows, items, labels = [data_rows := np.arange(len(data))], [data.item], [data.label]
     pos_rows = np.flatnonzero(data.label > 0)
-    chunk = 4096
-    hard_rows, hard_items = [], []
-    for s in range(0, len(pos_rows), chunk):
-        r = pos_rows[s : s + chunk]
-        scores = user_vecs[r] @ item_vecs[1:].T
-        top = np.argpartition(-scores, min(config.hard_pool, n_items - 1), axis=1)[:, : config.hard_pool] + 1
-        pick = rng.integers(0, top.shape[1], size=(len(r), config.hard_negatives))
-        hard_rows.append(np.repeat(r, config.hard_negatives))
-        hard_items.append(np.take_along_axis(top, pick, axis=1).ravel())
-    if hard_rows:
-        rows.append(np.concatenate(hard_rows))
-        items.append(np.concatenate(hard_items))
+    rows, items = [np.arange(len(data))], [data.item]
+    if config.hard_negatives:
+        for s in range(0, len(pos_rows), 4096):
+            r = pos_rows[s : s + 4096]
+            scores = user_vecs[r] @ item_vecs[1:].T
+            top = np.argpartition(-scores, min(config.hard_pool, n_items - 1), axis=1)[:, : config.hard_pool] + 1
+            pick = rng.integers(0, top.shape[1], size=(len(r), config.hard_negatives))
+            rows.append(np.repeat(r, config.hard_negatives))
+            items.append(np.take_along_axis(top, pick, axis=1).ravel())
     pop_rows = np.repeat(pos_rows, config.popular_negatives)
     rows.append(pop_rows)
     items.append(rng.choice(n_items, size=len(pop_rows), p=popular) + 1)
     rows_all = np.concatenate(rows)
     items_all = np.concatenate(items).astype(np.int64)
-    labels_all = np.concatenate([labels[0], np.zeros(len(rows_all) - len(data), np.float32)])
-    keep = np.ones(len(rows_all), bool)
+    labels_all = np.concatenate([data.label, np.zeros(len(rows_all) - len(data), np.float32)])
     users = data.user[rows_all]
-    for k in range(len(data_rows), len(rows_all)):
-        if items_all[k] in positives.get(int(users[k]), ()):
-            keep[k] = False
+    keep = np.ones(len(rows_all), bool)
+    for k in range(len(data), len(rows_all)):  # sampled negatives only
+        keep[k] = items_all[k] not in positives.get(int(users[k]), ())
     return rows_all[keep], items_all[keep], labels_all[keep]
 
 

@@ -222,7 +222,7 @@ def train(args: argparse.Namespace, globs: list[str], beam_args: list[str], work
             test = split.test.tocoo()
             ids_u, ids_i = split.train_data.user_ids, split.train_data.item_ids
             held_out = [(ids_u[u], ids_i[i]) for u, i in zip(test.row.tolist(), test.col.tolist(), strict=True)]
-        print(f"  {interactions.stats.summary() if hasattr(interactions.stats, 'summary') else ''}")
+        print(f"  {interactions.stats.summary()}")
         print(f"  {len(held_out):,} (user, item) pairs held out ({args.holdout})")
     with stages("preprocess (Beam + TFT)"):
         prepared = preprocess(globs, held_out, workdir, beam_args)
