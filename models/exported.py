@@ -35,7 +35,11 @@ def _floats(*shape: int | None) -> tf.TensorSpec:
 
 
 class UserTowerModule(tf.Module):
-    """user_id [N], history [N, L] (most recent first, "" padded), context [N, K] → embedding [N, D]."""
+    """user_id [N], history [N, L] (most recent first, "" padded, any L), context [N, K] → embedding [N, D].
+
+    The history bag is a mean, so L is free: training examples carry 100 items, serving reads more
+    (`models.examples.SERVING_HISTORY_LEN`). The TFT layer was traced for rows of `history_len`,
+    so the history goes through it in chunks of that width."""
 
     def __init__(self, tft_layer, user_tower, history_len: int = HISTORY_LEN) -> None:
         super().__init__()
@@ -44,11 +48,18 @@ class UserTowerModule(tf.Module):
         self.history_len = history_len
 
     def signature(self) -> dict[str, tf.TensorSpec]:
-        return {"user_id": _strings(), "history": _strings(self.history_len), "context": _floats(len(CONTEXT))}
+        return {"user_id": _strings(), "history": _strings(None), "context": _floats(len(CONTEXT))}
+
+    def _history(self, history: tf.Tensor) -> tf.Tensor:
+        n, width = tf.shape(history)[0], tf.shape(history)[1]
+        pad = (self.history_len - width % self.history_len) % self.history_len  # floormod(-width) went negative in ONNX
+        padding = tf.fill([n, pad], PAD)
+        chunks = tf.reshape(tf.concat([history, padding], axis=1), [-1, self.history_len])
+        return tf.reshape(_shaped(self.tft_layer({"history": chunks}), self.history_len)["history"], [n, -1])
 
     def __call__(self, inputs: dict) -> dict:
-        t = _shaped(self.tft_layer({"user_id": inputs["user_id"], "history": inputs["history"],
-                                    "context": inputs["context"]}), self.history_len)
+        t = _shaped(self.tft_layer({"user_id": inputs["user_id"], "context": inputs["context"]}))
+        t["history"] = self._history(inputs["history"])
         return {"embedding": self.user_tower([t["user"], t["history"], t["context"]], training=False)}
 
 

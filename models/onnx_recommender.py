@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from models.examples import CATEGORIES_LEN, HISTORY_LEN, categories_row, context_features, padded
+from models.examples import CATEGORIES_LEN, SERVING_HISTORY_LEN, categories_row, context_features, history_matrix
 from schemas.content_contract import MODEL_FILE, ContentContract, catalog_inputs
 from schemas.events import Event
 
@@ -22,6 +22,7 @@ ITEM_TOWER = "item_tower.onnx"
 RANKER = "ranker.onnx"
 RETRIEVE = 200
 _BATCH = 4096
+_USER_BATCH = 256  # a batch of user rows is as wide as its longest history
 
 
 def _session(path: str):
@@ -78,12 +79,16 @@ class OnnxRecommender:
 
     def user_vectors(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(user embeddings, raw context) for user indices, as of the end of the training data."""
-        histories = self.train.histories(users, HISTORY_LEN)
         context = np.array([context_features(int(self.activity[u]), self.now) for u in users], np.float32)
-        feed = {"user_id": _strings([self.train.user_ids[u] for u in users]),
-                "history": _strings([padded(h, HISTORY_LEN) for h in histories]).reshape(len(users), HISTORY_LEN),
-                "context": context}
-        return self._run(USER_TOWER, feed, "embedding"), context
+        parts = []
+        for lo in range(0, len(users), _USER_BATCH):
+            batch = users[lo : lo + _USER_BATCH]
+            history = history_matrix(self.train.histories(batch, SERVING_HISTORY_LEN))
+            feed = {"user_id": _strings([self.train.user_ids[u] for u in batch]),
+                    "history": _strings(history).reshape(len(batch), len(history[0])),
+                    "context": context[lo : lo + _USER_BATCH]}
+            parts.append(self._run(USER_TOWER, feed, "embedding"))
+        return np.concatenate(parts), context
 
     def score(self, users: np.ndarray) -> np.ndarray:
         users = np.asarray(users)
@@ -101,7 +106,8 @@ class OnnxRecommender:
                 "item_categories": self.item_categories[cols], "content": self.content[cols],
                 "context": context[rows]}
         p = self._run(RANKER, feed, "probability")[:, 0]
-        out = scores - 2.0  # dot products of unit vectors lie in [-1, 1]: retrieved items rank above
+        # the rest keep their retrieval order below every retrieved item (probabilities are in [0, 1])
+        out = scores - scores.max(axis=1, keepdims=True) - 1.0
         out[rows, cols] = p
         return out
 

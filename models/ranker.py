@@ -47,6 +47,8 @@ class Ranker(keras.Model):
         self.head = keras.layers.Dense(1, name="head")
         self.dot_scale = tf.Variable(1.0 / temperature, trainable=True, name="dot_scale")
         self.bias = tf.Variable(0.0, trainable=True, name="bias")
+        # how much the learned correction counts at inference (chosen on held-out pairs: models/blend.py)
+        self.residual_weight = tf.Variable(1.0, trainable=False, name="residual_weight")
 
     def build(self, input_shape) -> None:
         user_dim = input_shape[0][-1]
@@ -58,6 +60,12 @@ class Ranker(keras.Model):
 
     def call(self, inputs, training: bool = False) -> tf.Tensor:
         """Logits [N, 1] for (user embedding, item index, category indices, content, context)."""
+        base, correction = self.parts(inputs, training=training)
+        weight = 1.0 if training else self.residual_weight
+        return base + weight * correction
+
+    def parts(self, inputs, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+        """(calibrated dot product, learned correction), each [N, 1]."""
         user, item, categories, content, context = inputs
         v = self.item_tower([item, content], training=False)
         categories_vec = masked_mean(self.category_embedding(categories), categories)
@@ -69,7 +77,7 @@ class Ranker(keras.Model):
         for layer in self.deep:
             h = layer(h)
         dot = tf.reduce_sum(user * v, axis=1, keepdims=True)
-        return self.head(tf.concat([x, h], axis=1)) + self.dot_scale * dot + self.item_bias(item) + self.bias
+        return self.dot_scale * dot + self.bias, self.head(tf.concat([x, h], axis=1)) + self.item_bias(item)
 
 
 def logit(p: tf.Tensor) -> tf.Tensor:

@@ -73,7 +73,7 @@ import numpy as np
 import redis
 
 from models import registry
-from models.examples import CATEGORIES_LEN, HISTORY_LEN, POSITIVE_TYPES, padded, serving_row
+from models.examples import CATEGORIES_LEN, POSITIVE_TYPES, SERVING_HISTORY_LEN, history_matrix, padded, serving_row
 from models.onnx_recommender import ITEM_TOWER, USER_TOWER  # models.exported imports TensorFlow
 from schemas import keys
 from schemas.clock import Clock, InstantError, clock_from, default_clock, format_instant
@@ -88,6 +88,7 @@ from stores.vector_store import VectorStore, open_vector_store
 
 DAY_MS = 86_400_000
 ONNX_BATCH = 4096
+USER_BATCH = 256  # user rows per user-tower call: a batch is as wide as its longest history
 UPSERT_BATCH = 2000
 REQUIRED_FILES = (MODEL_FILE, ITEM_TOWER, USER_TOWER)
 # The towers score by a raw inner product (the item's last coordinate is its bias, the user's a 1),
@@ -209,11 +210,12 @@ def run_model(session, feed: dict[str, np.ndarray], output: str, batch: int = ON
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, 0), np.float32)
 
 
-def _width(session, name: str, default: int) -> int:
+def _width(session, name: str) -> int | None:
+    """The fixed width of a 2-D input, or None when the model takes any width."""
     for arg in session.get_inputs():
         if arg.name == name and len(arg.shape) == 2 and isinstance(arg.shape[1], int):
             return arg.shape[1]
-    return default
+    return None
 
 
 @dataclass
@@ -225,7 +227,8 @@ class Models:
     item: object
     user: object
     contract: ContentContract
-    history_len: int
+    history_width: int | None  # the user tower's fixed history width, None when it takes any
+    history_len: int  # positives read per user (the version's serving_history_len)
     categories_len: int
 
     @property
@@ -258,7 +261,7 @@ def load_models(root: str, version: str | None) -> Models:
     spec = v.metadata.get("feature_spec") or {}
     user = _session(paths[USER_TOWER])
     return Models(v, _session(paths[MODEL_FILE]), _session(paths[ITEM_TOWER]), user, contract,
-                  _width(user, "history", int(spec.get("history_len", HISTORY_LEN))),
+                  _width(user, "history"), int(spec.get("serving_history_len", SERVING_HISTORY_LEN)),
                   int(spec.get("categories_len", CATEGORIES_LEN)))
 
 
@@ -342,11 +345,23 @@ def deploy_items(models: Models, log: LogView, client: redis.Redis, store: Vecto
     report.vectors_skipped += 2 * len(ids) - written - report.content_vectors
 
 
-def user_feed(log: LogView, users: Sequence[str], history_len: int) -> dict[str, np.ndarray]:
+def user_feed(log: LogView, users: Sequence[str], history_len: int, width: int | None = None
+              ) -> dict[str, np.ndarray]:
+    """User-tower inputs as of the clock: the last `history_len` positives, padded to `width`
+    (a model exported with a fixed width) or to the longest in the batch."""
     rows = [serving_row(u, log.history(u), log.now_ms, history_len) for u in users]
+    history = history_matrix([r["history"] for r in rows], width)
     return {"user_id": _strings([r["user_id"] for r in rows]),
-            "history": _strings([r["history"] for r in rows]).reshape(len(rows), history_len),
+            "history": _strings(history).reshape(len(rows), len(history[0]) if history else 0),
             "context": np.asarray([r["context"] for r in rows], np.float32).reshape(len(rows), -1)}
+
+
+def user_embeddings(models: Models, log: LogView, users: Sequence[str]) -> np.ndarray:
+    """In batches of USER_BATCH, so one batch's width (its longest history) bounds the memory."""
+    parts = [run_model(models.user, user_feed(log, users[lo:lo + USER_BATCH], models.history_len,
+                                              models.history_width), "embedding")
+             for lo in range(0, len(users), USER_BATCH)]
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
 def users_to_embed(log: LogView, first_deployment: bool, inactive_days: float) -> tuple[list[str], list[str]]:
@@ -365,7 +380,7 @@ def deploy_users(models: Models, log: LogView, client: redis.Redis, store: Vecto
     report.users, report.users_inactive = len(log.last_seen), len(inactive)
     if not todo:
         return
-    vectors = run_model(models.user, user_feed(log, todo, models.history_len), "embedding")
+    vectors = user_embeddings(models, log, todo)
     report.users_embedded = deployment.write_user_embeddings(client, models.name, todo, vectors, log.now_ms)
     if store is not None:
         props = [{"as_of": int(log.now_ms), "model": models.name}] * len(todo)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models import registry
-from models.examples import CATEGORIES_LEN, CONTEXT, HISTORY_LEN, RECENT_LEN
+from models.examples import CATEGORIES_LEN, CONTEXT, HISTORY_LEN, RECENT_LEN, SERVING_HISTORY_LEN
 from schemas.content_contract import MODALITIES, MODEL_FILE, ContentContract, catalog_inputs
 from schemas.events import Event, parse_event
 
@@ -248,7 +248,8 @@ def train(args: argparse.Namespace, globs: list[str], beam_args: list[str], work
             "content_contract": trained.contract.to_metadata(),
             "feature_spec": trained.feature_spec,
             "training": {"losses": trained.losses, "stage_seconds": dict(stages.times),
-                         "modality_weights": trained.modality_weights},
+                         "modality_weights": trained.modality_weights,
+                         "ranker_correction": trained.ranker_correction},
         }
         registry.publish(args.registry, version, files, metadata)
         promoted = False
@@ -284,18 +285,20 @@ class Trained:
     parity_feeds: dict  # file name → feed of held-out rows
     losses: dict
     modality_weights: dict
+    ranker_correction: dict  # the correction's weight and the NDCG@10 it was chosen by
 
 
 def fit(prepared: Prepared, args: argparse.Namespace) -> Trained:
     import tensorflow_transform as tft
 
-    from models import exported
+    from models import blend, exported
     from models.content_tower import build_content_tower, mean_modality_weights
     from models.preprocess import CATEGORIES, USERS
     from models.towers import TowerConfig
     from models.trainer import (
         TrainConfig,
         content_vectors,
+        item_embeddings,
         ranker_probability,
         train_edge_ranker,
         train_ranker,
@@ -322,9 +325,19 @@ def fit(prepared: Prepared, args: argparse.Namespace) -> Trained:
     user_tower, item_tower, tower_losses = train_towers(fit_data, items, content_tower, n_users, config)
     content = content_vectors(content_tower, items.content_feed)
     user_vecs = user_embeddings(user_tower, fit_data)
-    ranker, ranker_losses, ranker_data = train_ranker(fit_data, items, content, user_vecs, item_tower, config,
-                                                      n_categories)
-    rows, item_idx, _ = ranker_data
+    held = blend.holdout(fit_data, items.size, SERVING_HISTORY_LEN, seed=args.seed)
+    ranker_rows = np.flatnonzero(~held.rows)  # the held-out pairs judge the ranker: it never sees them
+    ranker, ranker_losses, ranker_data = train_ranker(fit_data.take(ranker_rows), items, content,
+                                                      user_vecs[ranker_rows], item_tower, config, n_categories)
+    weight, blend_ndcg = blend.choose_residual_weight(held, user_tower, item_embeddings(item_tower, content), ranker,
+                                                      items, content)
+    blend.set_residual_weight(ranker, weight)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in blend_ndcg.items())
+    print(f"  ranker correction weight {weight:g}, chosen on {held.held.nnz:,} held-out pairs of "
+          f"{len(held.users):,} users (NDCG@10 {shown})")
+    rows, item_idx, labels = ranker_data
+    rows = ranker_rows[rows]  # back to fit_data rows
+    ranker_data = (rows, item_idx, labels)
     origin = ranker_probability(ranker, user_vecs[rows], item_idx, items, content, fit_data.context[rows])
     edge, edge_losses = train_edge_ranker(fit_data, ranker_data, origin, items.size, RECENT_LEN, config)
     present = {k: v[1:] for k, v in items.content_feed.items()}
@@ -342,11 +355,13 @@ def fit(prepared: Prepared, args: argparse.Namespace) -> Trained:
         exported.EDGE_RANKER: exported.EdgeRankerModule(layer, edge),
     }
     feeds = parity_feeds(valid, items, tft_output, contract, user_vecs.shape[1])
-    spec = {"history_len": HISTORY_LEN, "categories_len": CATEGORIES_LEN, "recent_len": RECENT_LEN,
+    spec = {"history_len": HISTORY_LEN, "serving_history_len": SERVING_HISTORY_LEN,
+            "categories_len": CATEGORIES_LEN, "recent_len": RECENT_LEN,
             "context": list(CONTEXT), "embedding_dim": int(user_vecs.shape[1]), "content_dim": contract.output_dim,
             "items": items.size, "users": n_users, "categories": n_categories}
     return Trained(contract, spec, modules, feeds, {"towers": tower_losses, "ranker": ranker_losses,
-                                                    "edge_ranker": edge_losses}, weights)
+                                                    "edge_ranker": edge_losses}, weights,
+                   {"weight": weight, "ndcg@10": blend_ndcg})
 
 
 def parity_feeds(valid, items, tft_output, contract: ContentContract, embedding_dim: int) -> dict:
@@ -369,7 +384,9 @@ def parity_feeds(valid, items, tft_output, contract: ContentContract, embedding_
     user_embedding = rng.normal(size=(n, embedding_dim)).astype(np.float32)
     return {
         MODEL_FILE: feed_content,
-        exported.USER_TOWER: {"user_id": np.array([users[u] for u in v.user], dtype=object), "history": history,
+        # twice the training width: the user tower reads histories of any length
+        exported.USER_TOWER: {"user_id": np.array([users[u] for u in v.user], dtype=object),
+                              "history": np.concatenate([history, np.roll(history, 1, axis=0)], axis=1),
                               "context": raw_context},
         exported.ITEM_TOWER: {"item_id": item, "content": content},
         exported.RANKER: {"user_embedding": user_embedding, "item_id": item, "item_categories": cats[v.categories],

@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models import registry
-from models.examples import POSITIVE_TYPES, serving_row
+from models.examples import POSITIVE_TYPES, history_matrix, serving_row
 from pipelines import replay
 from pipelines.deploy import DAY_MS, DeployError, deploy, rederive_bandit
 from schemas import keys
@@ -132,10 +132,10 @@ def test_first_deployment_writes_items_users_and_collections(trained_registry, l
             np.testing.assert_allclose(stored[item], feats[item].embedding, atol=1e-6)
 
         users = sorted(log.last_seen)
-        rows = [serving_row(u, log.history(u), log.end, spec["history_len"]) for u in users]
+        rows = [serving_row(u, log.history(u), log.end, spec["serving_history_len"]) for u in users]
         expected = onnx_models["user_tower.onnx"].run(["embedding"], {
             "user_id": np.array(users, dtype=object),
-            "history": np.array([r["history"] for r in rows], dtype=object),
+            "history": np.array(history_matrix([r["history"] for r in rows]), dtype=object),
             "context": np.array([r["context"] for r in rows], dtype=np.float32)})[0]
         got = deployment.read_user_embeddings(redis, version, users)
         assert sorted(got) == users

@@ -150,14 +150,17 @@ def run(name, feed):
 items = np.array(["item-00001", "item-00002", "never-seen-item"], dtype=object)
 content = np.random.default_rng(0).normal(size=(3, spec["content_dim"])).astype(np.float32)
 emb = run("item_tower.onnx", {"item_id": items, "content": content})
-hist = np.array([["item-00003", "item-00004"] + [""] * (spec["history_len"] - 2)] * 2, dtype=object)
-users = run("user_tower.onnx", {"user_id": np.array(["u-00001", "nobody"], dtype=object), "history": hist,
-                                "context": np.array([[2, 10, 1], [0, 3, 5]], np.float32)})
+def embed(width):
+    hist = np.array([["item-00003", "item-00004"] + [""] * (width - 2)] * 2, dtype=object)
+    return run("user_tower.onnx", {"user_id": np.array(["u-00001", "nobody"], dtype=object), "history": hist,
+                                   "context": np.array([[2, 10, 1], [0, 3, 5]], np.float32)})
+users = embed(spec["history_len"])
+widths = [float(np.abs(embed(w) - users).max()) for w in (2, spec["history_len"] + 1, 3 * spec["history_len"])]
 recent = np.array([["item-00003"] + [""] * 9, ["item-00010", "item-00011"] + [""] * 8], dtype=object)
 origin = np.full((2, 1), 0.3, np.float32)
 edge = run("edge_ranker.onnx", {"recent": recent, "item_id": items[:2], "origin_score": origin})
 print(json.dumps({"tf": "tensorflow" in sys.modules, "items": emb.tolist(), "users": users.tolist(),
-                  "edge": edge.ravel().tolist()}))
+                  "edge": edge.ravel().tolist(), "widths": widths}))
 """
 
 
@@ -172,3 +175,4 @@ def test_exported_models_serve_raw_strings_without_tensorflow(trained_registry) 
     assert items[2][-1] == 0.0  # and no popularity bias, which only interactions earn
     edge = np.array(out["edge"])
     assert np.all(np.isfinite(out["users"])) and np.all((edge > 0) & (edge < 1))
+    assert max(out["widths"]) < 1e-6  # the user tower reads a history of any width; padding changes nothing
