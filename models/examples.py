@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from schemas.events import Event, EventType
+from schemas.features import context_features
 
 HISTORY_LEN = 100  # positive items a training example carries, most recent first
 # The user tower's bag is a mean, so it reads a history of any length. Training examples keep 100
@@ -49,11 +50,6 @@ def interaction(event: Event) -> Interaction | None:
         return Interaction(event.user_id, event.item_id, event.ts, 0.0, event.event_id)
     return None
 
-
-def context_features(activity: int, ts_ms: int) -> list[float]:
-    """Raw context columns (`CONTEXT`): the preprocessing layer scales and encodes them."""
-    hours = ts_ms / 3_600_000
-    return [float(activity), float(hours % 24), float((hours / 24 + 3) % 7)]  # 1970-01-01 was a Thursday
 
 
 def padded(values: Sequence[str], n: int) -> list[str]:

@@ -283,6 +283,7 @@ class DeployReport:
     bandit_fields: int = 0
     collections: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    categories: list[str] = field(default_factory=list)  # the catalogue's, for serving's filter checks
 
     def summary(self) -> str:
         who = "all users (first deployment)" if self.first_deployment else f"{self.users_inactive:,} inactive users"
@@ -296,7 +297,7 @@ class DeployReport:
     def to_record(self) -> dict:
         return {"as_of": self.as_of_ms, "deployed_at": format_instant(int(time.time() * 1000)),
                 "items": self.items, "users_embedded": self.users_embedded, "users": self.users,
-                "collections": self.collections}
+                "collections": self.collections, "categories": self.categories}
 
 
 @contextmanager
@@ -337,6 +338,7 @@ def deploy_items(models: Models, log: LogView, client: redis.Redis, store: Vecto
                                     embedding[n], log.popularity.get(item_id, 0), log.now_ms)
             for n, (item_id, cats) in enumerate(zip(ids, categories, strict=True))]
     report.items = deployment.write_item_features(client, models.name, rows)
+    report.categories = sorted({c for cats in categories for c in cats if c})
     props = [{"categories": list(c), "popularity": int(log.popularity.get(i, 0)), "model": models.name}
              for i, c in zip(ids, categories, strict=True)]
     written = upsert_vectors(store, report.collections[keys.ITEMS], ids, embedding, props, TOWER_METRIC)
@@ -378,6 +380,8 @@ def deploy_users(models: Models, log: LogView, client: redis.Redis, store: Vecto
     report.first_deployment = not deployment.is_deployed(client, models.name)
     todo, inactive = users_to_embed(log, report.first_deployment, inactive_days)
     report.users, report.users_inactive = len(log.last_seen), len(inactive)
+    deployment.write_seen(client, {u: {item: ts for ts, _, item in sorted(log.positives.get(u, ()))}
+                                     for u in log.last_seen})
     if not todo:
         return
     vectors = user_embeddings(models, log, todo)

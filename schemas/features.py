@@ -34,3 +34,10 @@ EMBEDDING_WEIGHTS = {
 # Which interactions count as "liked" for the content-space preference vector.
 LIKED_TYPES = frozenset({"click", "add_to_cart", "purchase"})
 LIKED_RATING = 4.0  # ratings/reviews at or above this are liked
+
+
+def context_features(activity: int, ts_ms: int) -> list[float]:
+    """The models' raw context columns (activity, hour of day, day of week with Monday = 0); the
+    preprocessing layer scales and encodes them. Training and serving both build them here."""
+    hours = ts_ms / 3_600_000
+    return [float(activity), float(hours % 24), float((hours / 24 + 3) % 7)]  # 1970-01-01 was a Thursday

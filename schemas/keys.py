@@ -56,6 +56,16 @@ def user_batch_embedding(user_id: str) -> str:
     return user(user_id, "bemb")
 
 
+def user_seen(user_id: str) -> str:
+    """Sorted set of the user's positive items (member = item id, score = last event time), the
+    "already seen" set serving drops from candidates; written by pipelines/deploy as of its clock,
+    capped at the most recent `SEEN_MAX`. Interactions since then are in `user_recent`."""
+    return user(user_id, "seen")
+
+
+SEEN_MAX = 1000
+
+
 def item_attributes(item_id: str) -> str:
     return item(item_id, "attrs")
 

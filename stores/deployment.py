@@ -119,6 +119,23 @@ def read_user_embeddings(client: redis.Redis, version: str,
     return out
 
 
+def write_seen(client: redis.Redis, seen: Mapping[str, Mapping[str, int]], batch: int = BATCH) -> int:
+    """Adds each user's positive items (item → last event time) to their seen set, keeping the
+    newest `keys.SEEN_MAX`. Only adds: an item once seen stays seen, so a re-run or a concurrent
+    reader never sees the set shrink (no delete-and-rewrite window)."""
+    users = list(seen)
+    for lo in range(0, len(users), batch):
+        pipe = client.pipeline(transaction=False)
+        for user_id in users[lo:lo + batch]:
+            items = seen[user_id]
+            if items:
+                key = keys.user_seen(user_id)
+                pipe.zadd(key, {item: int(ts) for item, ts in items.items()}, gt=True)
+                pipe.zremrangebyrank(key, 0, -keys.SEEN_MAX - 1)
+        pipe.execute()
+    return sum(1 for u in users if seen[u])
+
+
 def prefer_batch_embedding(batch_as_of_ms: int | None, last_interaction_ms: int | None) -> bool:
     """Serving's choice of user vector for the active version: the batch embedding unless the user
     interacted after it was computed, when the streaming path's incremental embedding is fresher

@@ -142,6 +142,9 @@ def test_first_deployment_writes_items_users_and_collections(trained_registry, l
         for row, user in enumerate(users):
             np.testing.assert_allclose(got[user][0], expected[row], rtol=1e-5, atol=1e-6)
             assert got[user][1] == log.end
+            # the seen set serving drops from candidates: every positive item of the user
+            seen = {m.decode() for m in redis.zrange(keys.user_seen(user), 0, -1)}
+            assert seen == set(log.history(user))
         # retrieval from the store agrees with the dot products of what Redis holds
         matrix = np.stack([feats[i].embedding for i in ids])
         for user in users[:5]:
