@@ -3,6 +3,7 @@
     python -m pipelines.evaluate offline --input 'logs/*.jsonl' [--split random|temporal] [--seed 0] [--k 10]
                                          [--registry DIR [--version V]] [--report DIR] [--promote-if-better]
     python -m pipelines.evaluate ope --logs GLOB --policy ...       (options: pipelines.ope)
+    python -m pipelines.evaluate ab --logs GLOB [--experiment NAME]  (options: pipelines.ab)
 
 `offline` reads the positive interactions, splits them, fits MostPop and ItemKNN (and, with
 `--registry`, loads a registered model through `models.onnx_recommender.load`), ranks the full
@@ -164,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     # `ope`'s options belong to pipelines.ope, which parses what follows `ope` (imported only when used)
     sub.add_parser("ope", add_help=False, help="off-policy evaluation of a policy from logged propensities "
                                                "(options: ope --help)")
+    sub.add_parser("ab", add_help=False, help="click rate per A/B variant from logged impressions and clicks "
+                                              "(options: ab --help)")
     return parser
 
 
@@ -274,10 +277,20 @@ def _ope(rest: Sequence[str]) -> int:
     return ope.run(parser.parse_args(list(rest)))
 
 
+def _ab(rest: Sequence[str]) -> int:
+    from pipelines import ab
+
+    parser = argparse.ArgumentParser(prog=f"{PROG} ab", description=(ab.__doc__ or "").split("\n", 1)[0])
+    ab.add_arguments(parser)
+    return ab.run(parser.parse_args(list(rest)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["ope"]:
         return _ope(argv[1:])
+    if argv[:1] == ["ab"]:
+        return _ab(argv[1:])
     return offline(build_parser().parse_args(argv))
 
 

@@ -128,6 +128,24 @@ def _demo(args: argparse.Namespace, beam_args: list[str]) -> int:
     return run_demo(data=args.data, workdir=Path(args.workdir), cache_dir=Path(args.cache_dir))
 
 
+def _serve(args: argparse.Namespace, _: list[str]) -> int:
+    import asyncio
+
+    from serving import config as serve_config
+    from serving.server import serve_forever
+
+    overrides = {"listen": args.listen, "registry": args.registry, "redis_url": args.redis_url,
+                 "vector_store": args.vector_store, "metrics_port": args.metrics_port,
+                 "as_of": os.environ.get(AS_OF_ENV)}
+    try:
+        config = serve_config.load(args.config, overrides)
+        asyncio.run(serve_forever(config))
+    except (serve_config.ConfigError, ValueError) as exc:
+        print(f"pulserank serve: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _models(args: argparse.Namespace, _: list[str]) -> int:
     from pipelines.models_cmd import run
 
@@ -203,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "the vector store and Redis, bandit posteriors re-derived; see pulserank deploy --help")
     deploy.set_defaults(handler=_own_parser("pipelines.deploy"))
     evaluate = sub.add_parser("evaluate", add_help=False, help="offline evaluation against baselines (offline), "
-                              "off-policy evaluation (ope); see pulserank evaluate --help")
+                              "off-policy evaluation (ope), A/B click rates (ab); see pulserank evaluate --help")
     evaluate.set_defaults(handler=_own_parser("pipelines.evaluate"))
 
     demo = sub.add_parser("demo", help="the main job on embedded defaults")
@@ -212,6 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "pulserank"))
     demo.set_defaults(handler=_demo)
 
+    serve = sub.add_parser("serve", help="the origin gRPC server (Personalize, RecordEvents, Explain; health, "
+                                         "reflection, metrics)")
+    serve.add_argument("--config", default=None, help="YAML settings (serving/config.py); flags override it")
+    serve.add_argument("--registry", default=None, help="model registry root (follows its production alias)")
+    serve.add_argument("--listen", default=None, help="address:port (default 127.0.0.1:50051)")
+    serve.add_argument("--redis-url", default=None, help="default: $REDIS_URL, else the embedded server")
+    serve.add_argument("--vector-store", default=None, help="embedded://DIR (default) or a Weaviate URL")
+    serve.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics on this port")
+    serve.set_defaults(handler=_serve)
     models = sub.add_parser("models", help="the model registry: list versions, promote, roll back")
     model_action = models.add_subparsers(dest="action", required=True)
     listed = model_action.add_parser("list", help="published versions, oldest first; * marks the alias")

@@ -62,13 +62,18 @@ def to_line(event: Event | dict | str | bytes) -> str | bytes:
     return event
 
 
+def entry_fields(event: Event | dict | str | bytes) -> dict[str, str | bytes]:
+    """The fields of one stream entry (the live driver reads `FIELD`); async publishers share it."""
+    return {FIELD: to_line(event)}
+
+
 def append(client: redis.Redis, events: Iterable[Event | dict | str | bytes],
            stream: str = keys.EVENT_STREAM) -> list[str]:
     """Appends events (raw lines too, valid or not) in one round trip; returns their stream ids."""
     pipe = client.pipeline(transaction=False)
     n = 0
     for e in events:
-        pipe.xadd(stream, {FIELD: to_line(e)})
+        pipe.xadd(stream, entry_fields(e))
         n += 1
     return [_text(i) for i in pipe.execute()] if n else []
 

@@ -1,0 +1,319 @@
+"""One Personalize request, stage by stage: context → retrieval → ranking → Thompson sampling →
+explanations (ARCHITECTURE.md, "The serving path").
+
+Redis is read twice per request — the user's context in one pipelined round trip, then the
+candidates' features, catalogue attributes and bandit rows in another — plus the vector-store
+searches. Each stage is timed into the metrics. The ranker's probability is the
+Thompson-sampling prior; the bandit counts of the user's segment, borrowing from the global row
+(`transforms/summaries/bandit.py`), are the evidence.
+
+Retrieval sources (`SOURCES`): `collaborative` (the item-tower collection searched with the user
+embedding), `content` (the content collection searched with the mean content vector of the
+user's recent items) and `trending` (the segment's trending list). They are merged by relative
+rank — each source's i-th item is placed at i / (its size) — so every source contributes its
+best, deduplicated, the user's seen items dropped (retrieval mode only: a caller's candidate list
+is ranked as given).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from schemas import keys
+from schemas import personalization_pb2 as pb
+from schemas.features import context_features
+from serving import exploration
+from serving.active_model import ActiveModel
+from serving.context import UserContext
+from serving.scoring import Scorer
+from stores.serving_reads import ItemData, fetch_context, fetch_items
+from stores.vector_store import Filter, VectorStore
+from transforms.summaries.bandit import borrowed_posterior
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("collaborative", "content", "trending")
+DEFAULT_SEGMENT = "global"
+NEW_WITHIN_DAYS = 30
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class ServingSizes:
+    collaborative: int = 500
+    content: int = 300
+    trending: int = 200
+    candidates: int = 500
+    rank_top: int = 100
+    per_source: int = 5  # of the rank_top pool exploration draws from, reserved for each source's best
+
+
+@dataclass
+class Variant:
+    """What an A/B variant sets for a request (serving/ab.Variant has the same fields)."""
+
+    name: str = "default"
+    n0: float = exploration.DEFAULT_N0
+    epsilon: float = 0.0
+
+
+@dataclass
+class Shown:
+    item_id: str
+    score: float
+    position: int
+    propensity: float
+    explored: bool
+    sources: tuple[str, ...]
+
+
+@dataclass
+class Outcome:
+    """A Personalize result before it becomes the proto (the server adds explanations)."""
+
+    request_id: str
+    version: str
+    items: list[Shown]
+    context: UserContext | None
+    data: ItemData | None
+    degraded: bool = False
+    candidates_per_source: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    stages_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.stages[stage] = (now - self._t) * 1000.0
+        self._t = now
+
+
+def merge_sources(lists: dict[str, list[str]], sizes: dict[str, int], exclude: set[str], limit: int
+                  ) -> tuple[list[str], dict[str, set[str]]]:
+    """Items of every source by relative rank (i / size), deduplicated, `exclude` dropped, at most
+    `limit`; and which sources proposed each kept item."""
+    keyed = []
+    for order, (source, items) in enumerate(lists.items()):
+        size = max(1, sizes.get(source, len(items)))
+        keyed += [(i / size, order, i, item, source) for i, item in enumerate(items)]
+    keyed.sort()
+    out: list[str] = []
+    by: dict[str, set[str]] = {}
+    for *_, item, source in keyed:
+        if item in exclude:
+            continue
+        if item not in by:
+            if len(out) >= limit:
+                continue
+            out.append(item)
+            by[item] = set()
+        by[item].add(source)
+    return out, by
+
+
+def pool(p: np.ndarray, sources: Sequence[set[str]], size: int, per_source: int) -> np.ndarray:
+    """Indices of the pool exploration draws from, in the ranker's order: each source's best
+    `per_source` items by p, then the best of the rest up to `size`. A ranker that follows one
+    source's scores (the towers' dot product) would otherwise leave the other sources no item
+    to explore."""
+    ranked = np.lexsort((np.arange(len(p)), -p))
+    chosen: list[int] = []
+    taken = set()
+    for source in sorted({s for ss in sources for s in ss}):
+        best = [int(i) for i in ranked if source in sources[i] and int(i) not in taken][:per_source]
+        chosen += best
+        taken.update(best)
+    chosen = chosen[:size]
+    for i in ranked:
+        if len(chosen) >= size:
+            break
+        if int(i) not in taken:
+            chosen.append(int(i))
+            taken.add(int(i))
+    return np.array(sorted(chosen, key=lambda i: (-p[i], i)), dtype=np.int64)
+
+
+def passes(item: str, categories: Sequence[str], attrs: dict[str, str], flt: pb.Filters, now_ms: int,
+           excluded: set[str]) -> str | None:
+    """None when the item passes the request's filters, else the filter that dropped it."""
+    if item in excluded:
+        return "exclude_item_ids"
+    cats = {c for c in categories if c}
+    if flt.include_categories and not cats & set(flt.include_categories):
+        return "include_categories"
+    if cats & set(flt.exclude_categories):
+        return "exclude_categories"
+    if flt.HasField("price_range"):
+        price = attrs.get("price")
+        lo = flt.price_range.min_price if flt.price_range.HasField("min_price") else None
+        hi = flt.price_range.max_price if flt.price_range.HasField("max_price") else None
+        if price is None:
+            return "price_range"
+        p = float(price)
+        if (lo is not None and p < lo) or (hi is not None and p > hi):
+            return "price_range"
+    if flt.new_items_only:
+        days = flt.new_within_days if flt.HasField("new_within_days") else NEW_WITHIN_DAYS
+        created = attrs.get("created_at")
+        if created is None or int(created) < now_ms - days * DAY_MS:
+            return "new_items_only"
+    return None
+
+
+class Personalizer:
+    """The origin's request path over one Redis client, one vector store and the active model."""
+
+    def __init__(self, redis, store: VectorStore | None, active: ActiveModel, clock,
+                 sizes: ServingSizes = ServingSizes(), sources: Sequence[str] = SOURCES,
+                 bandit_tau_ms: float | None = None, n_sim: int = 1000, seed: int | None = None) -> None:
+        self.redis = redis
+        self.store = store
+        self.active = active
+        self.clock = clock
+        self.sizes = sizes
+        self.sources = tuple(sources)
+        self.bandit_tau_ms = bandit_tau_ms
+        self.n_sim = n_sim
+        self.rng = np.random.default_rng(seed)
+        self._scorer: Scorer | None = None
+        self._refused: set[str] = set()
+
+    @property
+    def version(self) -> str | None:
+        return self._scorer.version if self._scorer else None
+
+    def refresh(self) -> None:
+        """Follows the alias (blocking: the server runs it in a thread) and builds the new
+        version's sessions before swapping them in, so requests see the old or the new whole.
+        A version whose files do not load is refused; the old one keeps serving."""
+        self.active.refresh()
+        state = self.active.state
+        if state is None or (self._scorer is not None and self._scorer.version == state.version):
+            return
+        if state.version in self._refused:
+            return
+        try:
+            self._scorer = Scorer(state)
+        except Exception as exc:  # onnxruntime refuses a corrupt or incompatible file
+            self._refused.add(state.version)
+            log.warning("serving: refusing model %s (%s); still serving %s", state.version, exc, self.version)
+
+    def scorer(self) -> Scorer | None:
+        """The sessions of the version being served (switched by `refresh`, never mid-request)."""
+        if self._scorer is None:
+            self.refresh()
+        return self._scorer
+
+    def user_embedding(self, scorer: Scorer, ctx: UserContext) -> tuple[np.ndarray, str]:
+        """(embedding, where it came from): the batch one while it is fresh, else the user tower now."""
+        if ctx.embedding is not None and ctx.embedding_is_fresh and len(ctx.embedding) == self._dim(scorer):
+            return ctx.embedding, "batch"
+        history = ctx.history(scorer.history_len)
+        return scorer.embed_user(ctx.user_id, history, context_features(ctx.activity, ctx.now_ms)), "fresh"
+
+    @staticmethod
+    def _dim(scorer: Scorer) -> int:
+        shape = scorer.ranker.get_inputs()[0].shape
+        return int(shape[1]) if isinstance(shape[1], int) else -1
+
+    def retrieve(self, scorer: Scorer, ctx: UserContext, user_vec: np.ndarray, seen: set[str]
+                 ) -> tuple[list[str], dict[str, set[str]], dict[str, int]]:
+        state = self.active.state
+        collections = state.collections if state and state.version == scorer.version else \
+            _collections(scorer.version)
+        not_seen = Filter.not_ids(seen) if seen else None
+        lists: dict[str, list[str]] = {}
+        if "collaborative" in self.sources and self.store is not None and not ctx.is_cold:
+            hits = self.store.search(collections[keys.ITEMS], user_vec, self.sizes.collaborative, not_seen)
+            lists["collaborative"] = [h.id for h in hits]
+        recent = ctx.recent_items()
+        if "content" in self.sources and self.store is not None and recent:
+            vecs = self.store.get(collections[keys.CONTENT], recent)
+            if vecs:
+                pref = np.mean(np.stack(list(vecs.values())), axis=0)
+                hits = self.store.search(collections[keys.CONTENT], pref, self.sizes.content, not_seen)
+                lists["content"] = [h.id for h in hits]
+        if "trending" in self.sources:
+            lists["trending"] = [i for i, _ in ctx.trending[: self.sizes.trending]]
+        sizes = {"collaborative": self.sizes.collaborative, "content": self.sizes.content,
+                 "trending": self.sizes.trending}
+        items, by = merge_sources(lists, sizes, seen, self.sizes.candidates)
+        return items, by, {s: len(v) for s, v in lists.items()}
+
+    async def personalize(self, req: pb.PersonalizeRequest, variant: Variant, request_id: str | None = None
+                          ) -> Outcome:
+        timer = Timer()
+        request_id = request_id or uuid.uuid4().hex
+        now = self.clock.now_ms()
+        segment = req.context.segment or DEFAULT_SEGMENT
+        scorer = self.scorer()
+        if scorer is None:
+            raise NoModelError("no production model is deployed yet")
+        ctx = await fetch_context(self.redis, req.user_id, scorer.version, segment, now)
+        timer.lap("context")
+        user_vec, _ = self.user_embedding(scorer, ctx)
+        if req.candidate_item_ids:
+            items = list(dict.fromkeys(req.candidate_item_ids))
+            by = {i: {"candidates"} for i in items}
+            per_source = {"candidates": len(items)}
+        else:
+            items, by, per_source = self.retrieve(scorer, ctx, user_vec, ctx.seen_items())
+        timer.lap("retrieve")
+        data = await fetch_items(self.redis, scorer.version, items, segment, now, self.bandit_tau_ms)
+        timer.lap("features")
+        excluded = set(req.filters.exclude_item_ids)
+        dropped: dict[str, int] = {}
+        kept = []
+        for item in items:
+            f = data.features.get(item)
+            why = "no_model_features" if f is None else passes(item, f.categories, data.attributes.get(item, {}),
+                                                               req.filters, now, excluded)
+            if why:
+                dropped[why] = dropped.get(why, 0) + 1
+            else:
+                kept.append(item)
+        feats = [data.features[i] for i in kept]
+        p = scorer.rank(user_vec, kept, [f.categories for f in feats],
+                        np.stack([f.content for f in feats]) if feats else np.zeros((0, scorer.content_dim)),
+                        context_features(ctx.activity, now))
+        order = pool(np.asarray(p), [by.get(i, set()) for i in kept], self.sizes.rank_top, self.sizes.per_source)
+        top, p_top = [kept[i] for i in order], p[order].astype(np.float64)
+        timer.lap("rank")
+        shown = self.explore(top, p_top, data, segment, min(req.n, len(top)), variant, req.disable_exploration)
+        for s in shown:
+            s.sources = tuple(sorted(by.get(s.item_id, ())))
+        timer.lap("explore")
+        return Outcome(request_id, scorer.version, shown, ctx, data, False, per_source, dropped, timer.stages)
+
+    def explore(self, items: list[str], p: np.ndarray, data: ItemData, segment: str, n: int, variant: Variant,
+                disabled: bool) -> list[Shown]:
+        if n <= 0 or not items:
+            return []
+        alpha, beta = np.empty(len(items)), np.empty(len(items))
+        for k, item in enumerate(items):
+            seg = data.bandit.get(item, (0.0, 0.0)) if segment != keys.GLOBAL_SEGMENT else (0.0, 0.0)
+            glob = data.bandit_global.get(item, (0.0, 0.0))
+            alpha[k], beta[k] = borrowed_posterior(seg, glob)
+        slate = exploration.thompson_slate(np.clip(p, 0.0, 1.0), alpha, beta, n, self.rng, n0=variant.n0,
+                                           epsilon=variant.epsilon, explore=not disabled, n_sim=self.n_sim)
+        return [Shown(items[int(i)], float(p[int(i)]), pos, float(slate.propensity[pos]), bool(slate.explored[pos]), ())
+                for pos, i in enumerate(slate.order)]
+
+
+def _collections(version: str) -> dict[str, str]:
+    return {kind: keys.vector_collection(kind, version) for kind in (keys.ITEMS, keys.CONTENT, keys.USERS)}
+
+
+class NoModelError(RuntimeError):
+    """No verified, deployed model version to serve yet."""

@@ -1,0 +1,114 @@
+"""Serving's reads from Redis, async (the server is grpc.aio): each a single pipelined round trip.
+
+`fetch_context` reads everything about one user (per-user keys share a hash tag, so on a
+cluster it is one slot); `fetch_items` reads what ranking, filters and Thompson sampling need
+about the candidates — the model version's item features, the catalogue attributes and the
+bandit rows of the segment and the global row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import redis.asyncio as aioredis
+
+from schemas import keys
+from schemas.features import FeatureConfig
+from serving.context import UserContext, mood_of
+from stores.deployment import ItemFeatures, decode_vector
+from stores.feature_store import decode_decayed
+from transforms.summaries import decay, sessions
+from transforms.summaries import recent as recent_summary
+
+TRENDING_N = 200
+
+
+async def fetch_context(client: aioredis.Redis, user_id: str, version: str | None, segment: str, now_ms: int,
+                        trending_n: int = TRENDING_N) -> UserContext:
+    """One pipelined round trip (no transaction: reads only, and per-user keys share a slot)."""
+    pipe = client.pipeline(transaction=False)
+    if version:
+        pipe.hmget(keys.user_batch_embedding(user_id), [f"vec:{version}", f"as_of:{version}"])
+    pipe.zrange(keys.user_seen(user_id), 0, -1, withscores=True)
+    pipe.zrevrange(keys.user_recent(user_id), 0, -1, withscores=True)
+    pipe.hgetall(keys.user_sessions(user_id))
+    pipe.hgetall(keys.user_emotion(user_id))
+    for seg in (segment, keys.GLOBAL_SEGMENT):
+        pipe.get(keys.trending_landmark(seg))
+        pipe.zrevrange(keys.trending(seg), 0, trending_n - 1, withscores=True)
+    replies = await pipe.execute()
+    vec = as_of = None
+    if version:
+        vec, as_of = replies.pop(0)
+    seen_raw, rec, sess, emo, seg_landmark, seg_top, glob_landmark, glob_top = replies
+    session = None
+    if sess:
+        live = {k.decode(): sessions.Session(*json.loads(v)) for k, v in sess.items()}
+        live = {k: s for k, s in live.items() if s.end > now_ms - sessions.KEEP_MS}
+        cur = sessions.current(live, now_ms)
+        session = None if cur is None else {"key": cur[0], "start": cur[1].start, "end": cur[1].end}
+    trending = _trending(seg_landmark, seg_top, now_ms) or _trending(glob_landmark, glob_top, now_ms)
+    return UserContext(
+        user_id=user_id, segment=segment, now_ms=now_ms,
+        embedding=decode_vector(vec) if vec is not None else None,
+        embedding_as_of=int(as_of) if as_of is not None else None,
+        seen={m.decode(): int(s) for m, s in seen_raw},
+        recent=recent_summary.decode((int(s), m.decode()) for m, s in rec),
+        session=session, mood=mood_of(emo), trending=trending,
+    )
+
+
+def _trending(landmark, top, now_ms: int, tau_ms: float = FeatureConfig.trending_tau_ms) -> list[tuple[str, float]]:
+    if landmark is None or not top:
+        return []
+    tau = tau_ms
+    factor = float(np.exp((int(landmark) - now_ms) / tau))
+    return [(m.decode(), float(s) * factor) for m, s in top]
+
+
+@dataclass
+class ItemData:
+    features: dict[str, ItemFeatures]  # the model version's, for the items that have them
+    attributes: dict[str, dict[str, str]]  # catalogue hash (title, price, created_at, …)
+    bandit: dict[str, tuple[float, float]]  # item → (clicks, non-clicks) in the segment
+    bandit_global: dict[str, tuple[float, float]]  # item → (clicks, non-clicks) over all segments
+
+
+def _counts(raw, now_ms: int, tau_ms: float | None) -> tuple[float, float] | None:
+    if raw is None:
+        return None
+    sums = decay.at(decode_decayed(raw), now_ms, tau_ms)
+    return float(sums[0]), float(sums[1])
+
+
+async def fetch_items(client: aioredis.Redis, version: str | None, item_ids: Sequence[str], segment: str,
+                      now_ms: int, bandit_tau_ms: float | None = None, attributes: bool = True) -> ItemData:
+    """Item features, attributes and bandit counts for `item_ids`, in one round trip."""
+    ids = list(item_ids)
+    pipe = client.pipeline(transaction=False)
+    if version:
+        for item_id in ids:
+            pipe.hgetall(keys.item_model_features(item_id, version))
+    if attributes:
+        for item_id in ids:
+            pipe.hgetall(keys.item_attributes(item_id))
+    pipe.hmget(keys.bandit(segment), ids) if ids else pipe.ping()
+    pipe.hmget(keys.bandit(keys.GLOBAL_SEGMENT), ids) if ids else pipe.ping()
+    replies = await pipe.execute()
+    n = len(ids)
+    feats, attrs = {}, {}
+    if version:
+        feats = {i: ItemFeatures.from_fields(i, raw) for i, raw in zip(ids, replies[:n], strict=True) if raw}
+        replies = replies[n:]
+    if attributes:
+        attrs = {i: {k.decode(): v.decode() for k, v in raw.items()} for i, raw in zip(ids, replies[:n], strict=True)
+                 if raw}
+        replies = replies[n:]
+    seg_rows, glob_rows = replies if ids else ([], [])
+    bandit = {i: c for i, raw in zip(ids, seg_rows, strict=True) if (c := _counts(raw, now_ms, bandit_tau_ms))}
+    bandit_global = {i: c for i, raw in zip(ids, glob_rows, strict=True)
+                     if (c := _counts(raw, now_ms, bandit_tau_ms))}
+    return ItemData(feats, attrs, bandit, bandit_global)
