@@ -9,15 +9,37 @@ TensorFlow.
 Each item's belief is Beta(n0·p + α, n0·(1 − p) + β) (ARCHITECTURE.md, serving step 5): α, β
 the bandit counts (or a production prior), p an optional prior mean such as the ranker's
 probability, entering as n0 pseudo-trials. With n0 = 0 (the default) it is Beta(α, β).
+
+The serving policy (`thompson_slate`) adds an optional ε share of uniformly drawn slots and
+logs, for each shown item, whether it was explored and its propensity.
+
+The ε rule ("an optional ε share of slots from the tail"): θ is drawn once per request and
+orders the candidates; slot j shows the θ-order's j-th item, except that, independently with
+probability ε, it shows instead an item drawn uniformly from the tail — the candidates the
+θ-order places at k or below — not shown yet (no tail left: the slot keeps its θ item). The
+replaced item is dropped, not pushed down: inserting would demote every later item by one
+place and, at moderate n0, *lower* the exploration share as ε grows (measured: 0.39 at ε = 0,
+0.34 at ε = 0.2 for n0 = 350); replacing makes the share rise with ε.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 # Draws per Monte-Carlo chunk: bounds memory at chunk × n_items doubles.
 _CHUNK = 8_192
+
+# The ranker's probability is worth this many impressions. The smallest multiple of 50 whose
+# mean Kendall τ (shown slate of 20 vs the ranker's order, empty bandit store) is ≥ 0.8 on
+# calibrated-looking probabilities — logit p ~ N(−6, 2) over 500 candidates, the top 100 kept
+# (median top 0.49, 20th 0.08, 100th 0.013): τ ≈ 0.80 at 300, 0.81 at 350, 0.82 at 400. Smaller
+# n0 explores more and lets counts override the ranker sooner; `benchmarks/bandit_loop.py`
+# prints the trade-off.
+DEFAULT_N0 = 350.0
 
 
 def beta_parameters(
@@ -56,13 +78,15 @@ def sample_slates(
     size: int = 1,
     prior_mean: ArrayLike | None = None,
     n0: float = 0.0,
+    epsilon: float = 0.0,
 ) -> np.ndarray:
-    """`size` Thompson slates, int array (size, k): item indices, best sampled score first."""
+    """`size` Thompson slates, int array (size, k): item indices, shown order (ε rule: module doc)."""
     a, b = beta_parameters(alpha, beta, prior_mean, n0)
     _check_k(k, a.size)
+    _check_epsilon(epsilon)
     if not (isinstance(size, int | np.integer) and size >= 1):
         raise ValueError(f"size: expected a whole number ≥ 1, got {size!r}")
-    return _top_k(rng.beta(a, b, size=(int(size), a.size)), k)
+    return _policy_slates(a, b, k, rng, int(size), float(epsilon))
 
 
 def sample_slate(
@@ -72,9 +96,10 @@ def sample_slate(
     rng: np.random.Generator,
     prior_mean: ArrayLike | None = None,
     n0: float = 0.0,
+    epsilon: float = 0.0,
 ) -> np.ndarray:
     """One Thompson slate (k item indices, ranked); k = number of items gives a full ranking."""
-    return sample_slates(alpha, beta, k, rng, 1, prior_mean, n0)[0]
+    return sample_slates(alpha, beta, k, rng, 1, prior_mean, n0, epsilon)[0]
 
 
 def action_distribution(
@@ -85,6 +110,7 @@ def action_distribution(
     seed: int | np.random.Generator = 0,
     prior_mean: ArrayLike | None = None,
     n0: float = 0.0,
+    epsilon: float = 0.0,
 ) -> np.ndarray:
     """P(item i at position j) of the Thompson slate, float array (n_items, k), by `n_sim` draws.
 
@@ -93,18 +119,158 @@ def action_distribution(
     """
     a, b = beta_parameters(alpha, beta, prior_mean, n0)
     _check_k(k, a.size)
-    if not (isinstance(n_sim, int | np.integer) and n_sim >= 1):
-        raise ValueError(f"n_sim: expected a whole number ≥ 1, got {n_sim!r}")
+    _check_epsilon(epsilon)
+    _check_n_sim(n_sim)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    counts = np.zeros(a.size * k, dtype=np.int64)
+    return _cell_counts(a, b, k, int(n_sim), rng, float(epsilon)) / float(n_sim)
+
+
+# -- the serving policy -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Slate:
+    """What serving shows and logs for one request; every array has one entry per shown item."""
+
+    order: np.ndarray  # int [k]: indices into the candidates, shown order (best first)
+    ranker_rank: np.ndarray  # int [k]: each shown item's 0-based position in the ranker-only order
+    explored: np.ndarray  # bool [k]: shown above the position the ranker alone gives it
+    propensity: np.ndarray  # float [k] in (0, 1]: P(that item at that position) under the policy
+
+
+def thompson_slate(
+    p: ArrayLike,
+    alpha: ArrayLike,
+    beta: ArrayLike,
+    k: int,
+    rng: np.random.Generator,
+    n0: float = DEFAULT_N0,
+    epsilon: float = 0.0,
+    explore: bool = True,
+    n_sim: int = 1000,
+) -> Slate:
+    """Serving's exploration step: k of the candidates by Thompson sampling, with propensities.
+
+    `p` is the ranker's probability per candidate; `alpha`, `beta` the bandit counts of the
+    user's segment, already borrowed from the global row (an empty store: 1 and 1, the prior).
+    θ_i ~ Beta(n0·p_i + α_i, n0·(1 − p_i) + β_i); slots are filled by θ, each one replaced with
+    probability `epsilon` by a uniform draw from the θ-order's tail (module doc).
+    The ranker-only order sorts by p, ties by index. `explore=False` (the request's
+    `disable_exploration`) returns the ranker's top k with propensity 1.
+
+    Propensities come from `n_sim` more draws of the same sampler, for the shown cells only.
+    The shown slate is itself a draw of the policy, so it is counted with them:
+    (count + 1) / (n_sim + 1) — never 0, at least 1/(n_sim + 1), and exactly 1 when every draw
+    agrees. The Monte-Carlo error is about sqrt(p(1 − p)/n_sim).
+    """
+    prior = _vector(p, "p")
+    a0 = _vector(alpha, "alpha")
+    if prior.shape != a0.shape:
+        raise ValueError(f"p: expected {a0.shape[0]} values (one per candidate, as alpha), got {prior.shape[0]}")
+    if np.any((prior < 0) | (prior > 1)):
+        raise ValueError("p: probabilities must lie in [0, 1]")
+    a, b = beta_parameters(a0, beta, prior, n0)
+    _check_k(k, a.size)
+    _check_epsilon(epsilon)
+    _check_n_sim(n_sim)
+    if not isinstance(explore, bool | np.bool_):
+        raise ValueError(f"explore: expected true or false, got {explore!r}")
+
+    ranker = np.argsort(-prior, kind="stable")
+    rank_of = np.empty(a.size, dtype=np.intp)
+    rank_of[ranker] = np.arange(a.size)
+    if explore:
+        order = _policy_slates(a, b, k, rng, 1, float(epsilon))[0]
+        counts = _cell_counts(a, b, k, int(n_sim), rng, float(epsilon), shown=order)
+        propensity = (counts + 1.0) / (int(n_sim) + 1.0)
+    else:
+        order = ranker[:k].copy()
+        propensity = np.ones(k)
+    ranker_rank = rank_of[order]
+    return Slate(order, ranker_rank, np.arange(k) < ranker_rank, propensity)
+
+
+def exploration_share(slates: Iterable[Slate]) -> float:
+    """Share of shown items that were explored (shown above their ranker-only position)."""
+    explored = shown = 0
+    for slate in slates:
+        explored += int(np.count_nonzero(slate.explored))
+        shown += int(slate.explored.size)
+    if shown == 0:
+        raise ValueError("slates: no shown items")
+    return explored / shown
+
+
+def epsilon_slots(ranked: ArrayLike, n_items: int, epsilon: float, rng: np.random.Generator) -> np.ndarray:
+    """Apply the ε rule to slates already ranked by a score, int array (m, k).
+
+    `ranked` holds, per row, the top k item indices by the policy's score, best first (one row
+    or (m, k)); each slot, with probability ε, shows instead a uniform draw from the other
+    items (the tail) not shown yet. ε-greedy is this over a deterministic score; Thompson over θ.
+    """
+    r = np.atleast_2d(np.asarray(ranked))
+    if r.ndim != 2 or not np.issubdtype(r.dtype, np.integer):
+        raise ValueError(f"ranked: expected item indices of shape (m, k), got {r.dtype} {r.shape}")
+    if not (isinstance(n_items, int | np.integer) and n_items >= r.shape[1] >= 1):
+        raise ValueError(f"n_items: expected a whole number ≥ k = {r.shape[1]}, got {n_items!r}")
+    if r.size and (r.min() < 0 or r.max() >= n_items):
+        raise ValueError(f"ranked: item indices must lie in 0..{n_items - 1}")
+    _check_epsilon(epsilon)
+    return r.astype(np.intp) if epsilon == 0 else _fill_slots(r.astype(np.intp), int(n_items), float(epsilon), rng)
+
+
+def _policy_slates(a: np.ndarray, b: np.ndarray, k: int, rng: np.random.Generator, size: int,
+                   epsilon: float) -> np.ndarray:
+    """The one sampler behind shown slates and their Monte-Carlo propensities."""
+    ranked = _top_k(rng.beta(a, b, size=(size, a.size)), k)
+    return ranked if epsilon == 0 else _fill_slots(ranked, a.size, epsilon, rng)
+
+
+def _fill_slots(ranked: np.ndarray, n_items: int, epsilon: float, rng: np.random.Generator) -> np.ndarray:
+    """The ε rule (module doc) over rows of top-k indices: replaced slots get uniform tail items.
+
+    A tail draw redraws until it hits an item neither in the row's top k nor shown yet, which
+    is exactly uniform over those.
+    """
+    m, k = ranked.shape
+    out = ranked.copy()
+    if n_items == k:
+        return out
+    rows = np.arange(m)
+    coin = rng.random((m, k)) < epsilon
+    taken = np.zeros((m, n_items), dtype=bool)
+    taken[rows[:, None], ranked] = True
+    tail_left = np.full(m, n_items - k)
+    for j in range(k):
+        r = np.flatnonzero(coin[:, j] & (tail_left > 0))
+        if not r.size:
+            continue
+        draw = rng.integers(n_items, size=r.size)
+        redo = np.flatnonzero(taken[r, draw])
+        while redo.size:
+            draw[redo] = rng.integers(n_items, size=redo.size)
+            redo = redo[taken[r[redo], draw[redo]]]
+        out[r, j] = draw
+        taken[r, draw] = True
+        tail_left[r] -= 1
+    return out
+
+
+def _cell_counts(a: np.ndarray, b: np.ndarray, k: int, n_sim: int, rng: np.random.Generator, epsilon: float,
+                 shown: np.ndarray | None = None) -> np.ndarray:
+    """How often each (item, position) occurs in `n_sim` policy draws: (n_items, k), or for `shown` [k]."""
+    counts = np.zeros(a.size * k if shown is None else k, dtype=np.int64)
     cells = np.arange(k) * a.size  # column-major cell of (item, position): position·n_items + item
     done = 0
     while done < n_sim:
-        m = min(_CHUNK, int(n_sim) - done)
-        slates = _top_k(rng.beta(a, b, size=(m, a.size)), k)
-        counts += np.bincount((slates + cells).ravel(), minlength=a.size * k)
+        m = min(_CHUNK, n_sim - done)
+        slates = _policy_slates(a, b, k, rng, m, epsilon)
+        if shown is None:
+            counts += np.bincount((slates + cells).ravel(), minlength=a.size * k)
+        else:
+            counts += np.count_nonzero(slates == shown, axis=0)
         done += m
-    return counts.reshape(k, a.size).T / float(n_sim)
+    return counts if shown is not None else counts.reshape(k, a.size).T
 
 
 def slate_propensities(slate: ArrayLike, distribution: np.ndarray) -> np.ndarray:
@@ -135,6 +301,16 @@ def _vector(x: ArrayLike, name: str) -> np.ndarray:
     if not np.all(np.isfinite(v)):
         raise ValueError(f"{name}: values must be finite")
     return v
+
+
+def _check_epsilon(epsilon: float) -> None:
+    if not (isinstance(epsilon, int | float | np.number) and 0.0 <= epsilon <= 1.0):
+        raise ValueError(f"epsilon: expected a share of slots in [0, 1], got {epsilon!r}")
+
+
+def _check_n_sim(n_sim: int) -> None:
+    if not (isinstance(n_sim, int | np.integer) and n_sim >= 1):
+        raise ValueError(f"n_sim: expected a whole number ≥ 1, got {n_sim!r}")
 
 
 def _check_k(k: int, n_items: int) -> None:

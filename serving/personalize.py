@@ -176,7 +176,7 @@ class Personalizer:
 
     def __init__(self, redis, store: VectorStore | None, active: ActiveModel, clock,
                  sizes: ServingSizes = ServingSizes(), sources: Sequence[str] = SOURCES,
-                 bandit_tau_ms: float | None = None, n_sim: int = 1000, seed: int | None = None) -> None:
+                 bandit_tau_ms: float | None = None, n_sim: int = 250, seed: int | None = None) -> None:
         self.redis = redis
         self.store = store
         self.active = active
@@ -303,8 +303,9 @@ class Personalizer:
         alpha, beta = np.empty(len(items)), np.empty(len(items))
         for k, item in enumerate(items):
             seg = data.bandit.get(item, (0.0, 0.0)) if segment != keys.GLOBAL_SEGMENT else (0.0, 0.0)
-            glob = data.bandit_global.get(item, (0.0, 0.0))
-            alpha[k], beta[k] = borrowed_posterior(seg, glob)
+            glob = data.bandit_global.get(item)
+            # no evidence anywhere: the bare prior (borrowing would add 20 pseudo-trials at 0.5)
+            alpha[k], beta[k] = borrowed_posterior(seg, glob) if glob else (1.0 + seg[0], 1.0 + seg[1])
         slate = exploration.thompson_slate(np.clip(p, 0.0, 1.0), alpha, beta, n, self.rng, n0=variant.n0,
                                            epsilon=variant.epsilon, explore=not disabled, n_sim=self.n_sim)
         return [Shown(items[int(i)], float(p[int(i)]), pos, float(slate.propensity[pos]), bool(slate.explored[pos]), ())
