@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -32,6 +33,7 @@ from serving import exploration
 from serving.active_model import ActiveModel
 from serving.context import UserContext
 from serving.scoring import Scorer
+from stores.deployment import ItemFeatures
 from stores.serving_reads import ItemData, fetch_context, fetch_items
 from stores.vector_store import Filter, VectorStore
 from transforms.summaries.bandit import borrowed_posterior
@@ -97,6 +99,42 @@ class Timer:
         now = time.perf_counter()
         self.stages[stage] = (now - self._t) * 1000.0
         self._t = now
+
+
+class FeatureCache:
+    """The model version's item features, held in memory: deploy writes them once per run, and
+    reading ~500 of them (a 512-float content vector each) per request would dominate the
+    latency. Bounded (LRU by item) and refreshed after `ttl_s`, so a re-deploy shows up."""
+
+    def __init__(self, max_items: int = 200_000, ttl_s: float = 300.0) -> None:
+        self.max_items = max_items
+        self.ttl_s = ttl_s
+        self._items: OrderedDict[tuple[str, str], tuple[float, ItemFeatures]] = OrderedDict()
+
+    def missing(self, version: str, item_ids: Sequence[str]) -> list[str]:
+        now = time.monotonic()
+        out = []
+        for item in item_ids:
+            hit = self._items.get((version, item))
+            if hit is None or now - hit[0] > self.ttl_s:
+                out.append(item)
+        return out
+
+    def put(self, version: str, features: dict[str, ItemFeatures]) -> None:
+        now = time.monotonic()
+        for item, f in features.items():
+            self._items[(version, item)] = (now, f)
+            self._items.move_to_end((version, item))
+        while len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+
+    def get(self, version: str, item_ids: Sequence[str]) -> dict[str, ItemFeatures]:
+        out = {}
+        for item in item_ids:
+            hit = self._items.get((version, item))
+            if hit is not None:
+                out[item] = hit[1]
+        return out
 
 
 def merge_sources(lists: dict[str, list[str]], sizes: dict[str, int], exclude: set[str], limit: int
@@ -188,6 +226,7 @@ class Personalizer:
         self.rng = np.random.default_rng(seed)
         self._scorer: Scorer | None = None
         self._refused: set[str] = set()
+        self.features = FeatureCache()
 
     @property
     def version(self) -> str | None:
@@ -270,7 +309,13 @@ class Personalizer:
         else:
             items, by, per_source = self.retrieve(scorer, ctx, user_vec, ctx.seen_items())
         timer.lap("retrieve")
-        data = await fetch_items(self.redis, scorer.version, items, segment, now, self.bandit_tau_ms)
+        missing = self.features.missing(scorer.version, items)
+        f = req.filters
+        attrs_needed = req.explain or f.HasField("price_range") or f.new_items_only
+        data = await fetch_items(self.redis, scorer.version, items, segment, now, self.bandit_tau_ms,
+                                 features_for=missing, attributes_for=items if attrs_needed else [])
+        self.features.put(scorer.version, data.features)
+        data.features = self.features.get(scorer.version, items)
         timer.lap("features")
         excluded = set(req.filters.exclude_item_ids)
         dropped: dict[str, int] = {}

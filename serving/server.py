@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.backoff import NoBackoff
+from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
 from models import registry
@@ -145,7 +147,11 @@ class Origin:
         self.config = config
         self.clock = clock or clock_from(config.as_of)
         url = config.redis_url or redis_url()
-        common = {"socket_timeout": REDIS_TIMEOUT_S, "socket_connect_timeout": REDIS_TIMEOUT_S}
+        # Maintenance notifications off: redis-py 8 turns them on ("auto") for RESP3 over TCP, and
+        # then hands out pooled connections the server closed (redis/redis-py#4252), so after a
+        # Redis restart requests would keep failing on stale connections instead of reconnecting.
+        common = {"socket_timeout": REDIS_TIMEOUT_S, "socket_connect_timeout": REDIS_TIMEOUT_S,
+                  "maint_notifications_config": MaintNotificationsConfig(enabled=False)}
         self.redis = aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **common)
         self.redis_sync = redis.Redis.from_url(url, **common)
         self.store = store if store is not None else open_vector_store(config.vector_store)
@@ -511,6 +517,26 @@ async def serve_forever(config: ServeConfig) -> None:
     await stop.wait()
     print("pulserank serve: shutting down (grace 5 s)", flush=True)
     await stop_server(running)
+
+
+class ServerThread:
+    """An origin on its own event loop in a thread, for callers with plain blocking stubs (tests,
+    benchmarks, the demo)."""
+
+    def __init__(self, config: ServeConfig, clock: Clock | None = None, seed: int | None = 0) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.running = self.call(start_server(config, clock, seed=seed))
+        self.address = f"127.0.0.1:{self.running.port}"
+
+    def call(self, coro, timeout: float = 60):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.call(stop_server(self.running, grace_s=1.0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
 
 
 def registry_exists(root: str) -> bool:

@@ -85,29 +85,28 @@ def _counts(raw, now_ms: int, tau_ms: float | None) -> tuple[float, float] | Non
 
 
 async def fetch_items(client: aioredis.Redis, version: str | None, item_ids: Sequence[str], segment: str,
-                      now_ms: int, bandit_tau_ms: float | None = None, attributes: bool = True) -> ItemData:
-    """Item features, attributes and bandit counts for `item_ids`, in one round trip."""
+                      now_ms: int, bandit_tau_ms: float | None = None, *, features_for: Sequence[str] | None = None,
+                      attributes_for: Sequence[str] | None = None) -> ItemData:
+    """Bandit counts for `item_ids`, the version's features of `features_for` and the catalogue
+    attributes of `attributes_for` (both default to `item_ids`), in one round trip."""
     ids = list(item_ids)
+    f_ids = ids if features_for is None else list(features_for)
+    a_ids = ids if attributes_for is None else list(attributes_for)
+    if not version:
+        f_ids = []
     pipe = client.pipeline(transaction=False)
-    if version:
-        for item_id in ids:
-            pipe.hgetall(keys.item_model_features(item_id, version))
-    if attributes:
-        for item_id in ids:
-            pipe.hgetall(keys.item_attributes(item_id))
+    for item_id in f_ids:
+        pipe.hgetall(keys.item_model_features(item_id, version))
+    for item_id in a_ids:
+        pipe.hgetall(keys.item_attributes(item_id))
     pipe.hmget(keys.bandit(segment), ids) if ids else pipe.ping()
     pipe.hmget(keys.bandit(keys.GLOBAL_SEGMENT), ids) if ids else pipe.ping()
     replies = await pipe.execute()
-    n = len(ids)
-    feats, attrs = {}, {}
-    if version:
-        feats = {i: ItemFeatures.from_fields(i, raw) for i, raw in zip(ids, replies[:n], strict=True) if raw}
-        replies = replies[n:]
-    if attributes:
-        attrs = {i: {k.decode(): v.decode() for k, v in raw.items()} for i, raw in zip(ids, replies[:n], strict=True)
-                 if raw}
-        replies = replies[n:]
-    seg_rows, glob_rows = replies if ids else ([], [])
+    nf, na = len(f_ids), len(a_ids)
+    feats = {i: ItemFeatures.from_fields(i, raw) for i, raw in zip(f_ids, replies[:nf], strict=True) if raw}
+    attrs = {i: {k.decode(): v.decode() for k, v in raw.items()}
+             for i, raw in zip(a_ids, replies[nf:nf + na], strict=True) if raw}
+    seg_rows, glob_rows = replies[nf + na:] if ids else ([], [])
     bandit = {i: c for i, raw in zip(ids, seg_rows, strict=True) if (c := _counts(raw, now_ms, bandit_tau_ms))}
     bandit_global = {i: c for i, raw in zip(ids, glob_rows, strict=True)
                      if (c := _counts(raw, now_ms, bandit_tau_ms))}

@@ -9,11 +9,9 @@ API can be compared with the offline evaluation recorded in the version's metada
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import grpc
@@ -22,38 +20,17 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from models import registry
-from models.interactions import read_interactions
-from models.splits import make_split
 from pipelines import replay
 from pipelines.deploy import deploy
+from pipelines.holdout_log import write_training_log
 from schemas import personalization_pb2 as pb
 from schemas import personalization_pb2_grpc as pb_grpc
 from schemas.clock import AS_OF_ENV, Clock
-from schemas.events import EventType, parse_event
 from serving.config import ServeConfig
 from serving.personalize import ServingSizes
-from serving.server import start_server, stop_server
+from serving.server import ServerThread
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-class ServerThread:
-    """An origin on its own event loop in a thread, so tests can use plain blocking stubs."""
-
-    def __init__(self, config: ServeConfig, clock: Clock) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.running = self.call(start_server(config, clock, seed=0))
-        self.address = f"127.0.0.1:{self.running.port}"
-
-    def call(self, coro, timeout: float = 60):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self) -> None:
-        self.call(stop_server(self.running, grace_s=1.0))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
 
 
 def _ndcg(ranked: list[str], relevant: set[str], k: int = 10) -> float:
@@ -62,35 +39,20 @@ def _ndcg(ranked: list[str], relevant: set[str], k: int = 10) -> float:
     return dcg / ideal
 
 
-@pytest.fixture(scope="module")
-def served(trained_registry, redis_url, tmp_path_factory):
-    """The training part of the log replayed and deployed; an origin serving it."""
-    import redis as redis_py
-
-    work = tmp_path_factory.mktemp("serve")
-    data = Path(trained_registry.data_dir)
-    split = make_split(read_interactions([str(data / "*.jsonl")]), "random", seed=0)
-    test = split.test.tocoo()
-    ids_u, ids_i = split.train_data.user_ids, split.train_data.item_ids
-    held = {(ids_u[u], ids_i[i]) for u, i in zip(test.row, test.col, strict=True)}
-    lines, end = [], 0
-    for path in sorted(data.glob("*.jsonl")):
-        for line in path.read_text().splitlines():
-            try:
-                e = parse_event(line)
-            except ValueError:
-                continue
-            end = max(end, e.ts)
-            if e.type is not EventType.ITEM and (e.user_id, e.item_id) in held:
-                continue
-            lines.append(line)
-    log = work / "train.jsonl"
-    log.write_text("\n".join(lines) + "\n")
-    client = redis_py.Redis.from_url(redis_url)
-    client.flushdb()
-    store = f"embedded://{work / 'vectors'}"
+def replay_and_deploy(root: str, version: str, data_dir: Path, redis_url: str, work: Path
+                      ) -> tuple[Path, int, dict[str, set[str]], str]:
+    """The training part of the log in `data_dir` replayed into the emptied `redis_url` (clock pinned
+    to the log's end) and `version` deployed there; (log, end, held-out items per user, vector store)."""
     import os
 
+    import redis as redis_py
+
+    log = work / "train.jsonl"
+    end, truth = write_training_log([str(Path(data_dir) / "*.jsonl")], log)
+    client = redis_py.Redis.from_url(redis_url)
+    client.flushdb()
+    client.close()
+    store = f"embedded://{work / 'vectors'}"
     previous = os.environ.get(AS_OF_ENV)
     os.environ[AS_OF_ENV] = str(end)
     try:
@@ -101,13 +63,22 @@ def served(trained_registry, redis_url, tmp_path_factory):
             os.environ.pop(AS_OF_ENV, None)
         else:
             os.environ[AS_OF_ENV] = previous
-    deploy(trained_registry.root, trained_registry.version, [str(log)], redis_url, store, clock=Clock(end))
+    deploy(root, version, [str(log)], redis_url, store, clock=Clock(end))
+    return log, end, truth, store
+
+
+@pytest.fixture(scope="module")
+def served(trained_registry, redis_url, tmp_path_factory):
+    """The training part of the log replayed and deployed; an origin serving it."""
+    import redis as redis_py
+
+    work = tmp_path_factory.mktemp("serve")
+    _, end, truth, store = replay_and_deploy(trained_registry.root, trained_registry.version,
+                                             trained_registry.data_dir, redis_url, work)
+    client = redis_py.Redis.from_url(redis_url)
     config = ServeConfig(listen="127.0.0.1:0", registry=trained_registry.root, redis_url=redis_url, vector_store=store)
     server = ServerThread(config, Clock(end))
     channel = grpc.insecure_channel(server.address)
-    truth: dict[str, set[str]] = {}
-    for user, item in held:
-        truth.setdefault(user, set()).add(item)
     yield {"server": server, "stub": pb_grpc.PersonalizationStub(channel), "channel": channel, "truth": truth,
            "end": end, "version": trained_registry.version, "root": trained_registry.root, "redis": client}
     channel.close()
