@@ -88,6 +88,7 @@ class Outcome:
     candidates_per_source: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
     stages_ms: dict[str, float] = field(default_factory=dict)
+    feature_cache: tuple[int, int] = (0, 0)  # (hits, misses) of the item-feature cache
 
 
 class Timer:
@@ -339,7 +340,8 @@ class Personalizer:
         for s in shown:
             s.sources = tuple(sorted(by.get(s.item_id, ())))
         timer.lap("explore")
-        return Outcome(request_id, scorer.version, shown, ctx, data, False, per_source, dropped, timer.stages)
+        return Outcome(request_id, scorer.version, shown, ctx, data, False, per_source, dropped, timer.stages,
+                       (len(items) - len(missing), len(missing)))
 
     def explore(self, items: list[str], p: np.ndarray, data: ItemData, segment: str, n: int, variant: Variant,
                 disabled: bool) -> list[Shown]:

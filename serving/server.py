@@ -295,6 +295,8 @@ class Servicer:
             m.candidates.labels(source).observe(count)
         for reason, count in outcome.dropped.items():
             m.dropped.labels(reason).inc(count)
+        m.cache.labels("item_features", "hit").inc(outcome.feature_cache[0])
+        m.cache.labels("item_features", "miss").inc(outcome.feature_cache[1])
         m.shown.labels(variant.name).inc(len(outcome.items))
         m.explored.labels(variant.name).inc(sum(s.explored for s in outcome.items))
         context.set_trailing_metadata((("x-candidates", ",".join(f"{k}={v}" for k, v in

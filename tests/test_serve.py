@@ -228,3 +228,29 @@ def test_serving_never_imports_tensorflow() -> None:
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_impressions_reach_the_event_stream_with_propensities(served) -> None:
+    import time
+
+    from schemas import keys
+    from stores.event_stream import FIELD
+
+    stub, client = served["stub"], served["redis"]
+    user = sorted(served["truth"])[3]
+    resp = _personalize(stub, user, n=5)
+    wanted = {(resp.request_id, i.position) for i in resp.items}
+    found = {}
+    for _ in range(50):  # published in the background, after the response
+        for _, fields in client.xrange(keys.EVENT_STREAM):
+            e = json.loads(fields[FIELD.encode()])
+            if e.get("type") == "impression" and e.get("request_id") == resp.request_id:
+                found[(e["request_id"], e["position"])] = e
+        if set(found) == wanted:
+            break
+        time.sleep(0.1)
+    assert set(found) == wanted
+    for item in resp.items:
+        e = found[(resp.request_id, item.position)]
+        assert e["item_id"] == item.item_id and e["user_id"] == user
+        assert e["propensity"] == pytest.approx(item.propensity) and e["variant"] == resp.variant
