@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import glob
 import json
 import sys
 from collections import defaultdict
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from models.ab_stats import RateComparison, compare
+from pipelines import ope
 from schemas.events import Event, EventError, EventType, parse_event
 
 PROG = "pulserank evaluate ab"
@@ -93,20 +93,6 @@ class AbReport:
 
 
 # -- reading --------------------------------------------------------------------------------------
-
-
-def expand(globs: str) -> list[Path]:
-    """Comma-separated globs → files (sorted, deduplicated); each glob must match something."""
-    patterns = [g.strip() for g in globs.split(",") if g.strip()]
-    if not patterns:
-        raise AbInputError("--logs: no glob given")
-    files: dict[str, None] = {}
-    for pattern in patterns:
-        matched = sorted(p for p in glob.glob(pattern) if Path(p).is_file())
-        if not matched:
-            raise AbInputError(f"--logs: {pattern!r} matches no file")
-        files.update(dict.fromkeys(matched))
-    return [Path(p) for p in files]
 
 
 def read_logs(paths: Sequence[Path]) -> Logs:
@@ -191,7 +177,11 @@ def evaluate_logs(globs: str, experiment: str | None = None, baseline: str | Non
         raise AbInputError(f"--window-minutes: must be > 0, got {window_minutes:g}")
     if not 0 < level < 1:
         raise AbInputError(f"--level: must be within (0, 1), got {level:g}")
-    logs = read_logs(expand(globs))
+    try:
+        files = ope.expand(globs)
+    except ope.OpeInputError as exc:
+        raise AbInputError(str(exc)) from None
+    logs = read_logs(files)
     tagged = sorted({e for e in map(experiment_of, logs.impressions) if e is not None})
     if experiment is None and len(tagged) > 1:
         raise AbInputError(f"the logs hold impressions of several experiments ({', '.join(tagged)}): "
