@@ -240,3 +240,59 @@ class ExplainResponse(_message.Message):
     explanation: str
     used_llm: bool
     def __init__(self, reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., explanation: _Optional[str] = ..., used_llm: bool = ...) -> None: ...
+
+class SubscribeRequest(_message.Message):
+    __slots__ = ("edge_id",)
+    EDGE_ID_FIELD_NUMBER: _ClassVar[int]
+    edge_id: str
+    def __init__(self, edge_id: _Optional[str] = ...) -> None: ...
+
+class UserContextUpdate(_message.Message):
+    __slots__ = ("user_id", "recent_item_ids", "session_key", "last_event_ms", "material", "as_of_ms")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    RECENT_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_KEY_FIELD_NUMBER: _ClassVar[int]
+    LAST_EVENT_MS_FIELD_NUMBER: _ClassVar[int]
+    MATERIAL_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_MS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    recent_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    session_key: str
+    last_event_ms: int
+    material: bool
+    as_of_ms: int
+    def __init__(self, user_id: _Optional[str] = ..., recent_item_ids: _Optional[_Iterable[str]] = ..., session_key: _Optional[str] = ..., last_event_ms: _Optional[int] = ..., material: bool = ..., as_of_ms: _Optional[int] = ...) -> None: ...
+
+class BanditCounts(_message.Message):
+    __slots__ = ("item_id", "clicks", "non_clicks")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    CLICKS_FIELD_NUMBER: _ClassVar[int]
+    NON_CLICKS_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    clicks: float
+    non_clicks: float
+    def __init__(self, item_id: _Optional[str] = ..., clicks: _Optional[float] = ..., non_clicks: _Optional[float] = ...) -> None: ...
+
+class BanditSegment(_message.Message):
+    __slots__ = ("segment", "items")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    segment: str
+    items: _containers.RepeatedCompositeFieldContainer[BanditCounts]
+    def __init__(self, segment: _Optional[str] = ..., items: _Optional[_Iterable[_Union[BanditCounts, _Mapping]]] = ...) -> None: ...
+
+class SyncMessage(_message.Message):
+    __slots__ = ("seq", "full", "as_of_ms", "users", "bandits", "model_version")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_MS_FIELD_NUMBER: _ClassVar[int]
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    BANDITS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    full: bool
+    as_of_ms: int
+    users: _containers.RepeatedCompositeFieldContainer[UserContextUpdate]
+    bandits: _containers.RepeatedCompositeFieldContainer[BanditSegment]
+    model_version: str
+    def __init__(self, seq: _Optional[int] = ..., full: bool = ..., as_of_ms: _Optional[int] = ..., users: _Optional[_Iterable[_Union[UserContextUpdate, _Mapping]]] = ..., bandits: _Optional[_Iterable[_Union[BanditSegment, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...

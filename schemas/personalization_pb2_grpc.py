@@ -189,3 +189,85 @@ class Personalization(object):
             timeout,
             metadata,
             _registered_method=True)
+
+
+class EdgeSyncStub(object):
+    """Origin → edge push channel (the design's edge sync): per-user context changes as they happen
+    and, every ~30 s, a full snapshot, so an edge that missed messages or reconnects recovers
+    within one snapshot period. Edges need no connection to the central Redis.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Subscribe = channel.unary_stream(
+                '/pulserank.v1.EdgeSync/Subscribe',
+                request_serializer=schemas_dot_personalization__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=schemas_dot_personalization__pb2.SyncMessage.FromString,
+                _registered_method=True)
+
+
+class EdgeSyncServicer(object):
+    """Origin → edge push channel (the design's edge sync): per-user context changes as they happen
+    and, every ~30 s, a full snapshot, so an edge that missed messages or reconnects recovers
+    within one snapshot period. Edges need no connection to the central Redis.
+    """
+
+    def Subscribe(self, request, context):
+        """Streams sync messages until the edge disconnects; the first message is a full snapshot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_EdgeSyncServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Subscribe': grpc.unary_stream_rpc_method_handler(
+                    servicer.Subscribe,
+                    request_deserializer=schemas_dot_personalization__pb2.SubscribeRequest.FromString,
+                    response_serializer=schemas_dot_personalization__pb2.SyncMessage.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'pulserank.v1.EdgeSync', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('pulserank.v1.EdgeSync', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class EdgeSync(object):
+    """Origin → edge push channel (the design's edge sync): per-user context changes as they happen
+    and, every ~30 s, a full snapshot, so an edge that missed messages or reconnects recovers
+    within one snapshot period. Edges need no connection to the central Redis.
+    """
+
+    @staticmethod
+    def Subscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pulserank.v1.EdgeSync/Subscribe',
+            schemas_dot_personalization__pb2.SubscribeRequest.SerializeToString,
+            schemas_dot_personalization__pb2.SyncMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
