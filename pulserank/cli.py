@@ -146,6 +146,20 @@ def _serve(args: argparse.Namespace, _: list[str]) -> int:
     return 0
 
 
+def _edge(args: argparse.Namespace, _: list[str]) -> int:
+    import asyncio
+
+    from serving.edge_server import serve_edge_forever
+
+    try:
+        asyncio.run(serve_edge_forever(args.origin, args.registry, args.listen, args.edge_id, args.cache_mib,
+                                       os.environ.get(AS_OF_ENV)))
+    except ValueError as exc:
+        print(f"pulserank edge: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _models(args: argparse.Namespace, _: list[str]) -> int:
     from pipelines.models_cmd import run
 
@@ -239,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--vector-store", default=None, help="embedded://DIR (default) or a Weaviate URL")
     serve.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics on this port")
     serve.set_defaults(handler=_serve)
+    edge = sub.add_parser("edge", help="an edge server: the same API, answered from a personalized cache, the edge "
+                                       "scorer and bandit; origins behind it")
+    edge.add_argument("--origin", action="append", required=True, help="an origin address (repeatable)")
+    edge.add_argument("--registry", required=True, help="model registry root (the edge ranker follows its alias)")
+    edge.add_argument("--listen", default="127.0.0.1:50061", help="address:port (default 127.0.0.1:50061)")
+    edge.add_argument("--edge-id", default="edge-1", help="this edge's name in the origins' sync logs")
+    edge.add_argument("--cache-mib", type=int, default=256, help="personalized cache budget (MiB)")
+    edge.set_defaults(handler=_edge)
     models = sub.add_parser("models", help="the model registry: list versions, promote, roll back")
     model_action = models.add_subparsers(dest="action", required=True)
     listed = model_action.add_parser("list", help="published versions, oldest first; * marks the alias")

@@ -42,6 +42,7 @@ class ServeConfig:
     events: dict | None = None
     as_of: str | None = None
     n_sim: int = 250  # Monte-Carlo draws per propensity: error ≤ 0.03, ~1.7 ms for 20 of 100
+    sync_full_every_s: float = 30.0  # full snapshots on the edges' push channel
 
     @property
     def loopback(self) -> bool:

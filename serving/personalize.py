@@ -2,8 +2,11 @@
 explanations (ARCHITECTURE.md, "The serving path").
 
 Redis is read twice per request — the user's context in one pipelined round trip, then the
-candidates' features, catalogue attributes and bandit rows in another — plus the vector-store
-searches. Each stage is timed into the metrics. The ranker's probability is the
+bandit rows of the exploration pool (the ranker's top `rank_top`, timed in the `explore` stage:
+decoding them for all ~500 candidates cost more than the ranker) — plus the vector-store
+searches. The candidates' model features come from an in-process cache (`FeatureCache`); those
+it lacks, and catalogue attributes when filters or explanations need them, take one more round
+trip (the `features` stage). Each stage is timed into the metrics. The ranker's probability is the
 Thompson-sampling prior; the bandit counts of the user's segment, borrowing from the global row
 (`transforms/summaries/bandit.py`), are the evidence.
 
@@ -166,20 +169,25 @@ def pool(p: np.ndarray, sources: Sequence[set[str]], size: int, per_source: int)
     `per_source` items by p, then the best of the rest up to `size`. A ranker that follows one
     source's scores (the towers' dot product) would otherwise leave the other sources no item
     to explore."""
-    ranked = np.lexsort((np.arange(len(p)), -p))
+    ranked = np.lexsort((np.arange(len(p)), -p)).tolist()  # Python ints: this runs per request
     chosen: list[int] = []
-    taken = set()
+    taken: set[int] = set()
     for source in sorted({s for ss in sources for s in ss}):
-        best = [int(i) for i in ranked if source in sources[i] and int(i) not in taken][:per_source]
-        chosen += best
-        taken.update(best)
+        found = 0
+        for i in ranked:
+            if found == per_source:
+                break
+            if source in sources[i] and i not in taken:
+                chosen.append(i)
+                taken.add(i)
+                found += 1
     chosen = chosen[:size]
     for i in ranked:
         if len(chosen) >= size:
             break
-        if int(i) not in taken:
-            chosen.append(int(i))
-            taken.add(int(i))
+        if i not in taken:
+            chosen.append(i)
+            taken.add(i)
     return np.array(sorted(chosen, key=lambda i: (-p[i], i)), dtype=np.int64)
 
 
@@ -313,18 +321,23 @@ class Personalizer:
         missing = self.features.missing(scorer.version, items)
         f = req.filters
         attrs_needed = req.explain or f.HasField("price_range") or f.new_items_only
-        data = await fetch_items(self.redis, scorer.version, items, segment, now, self.bandit_tau_ms,
-                                 features_for=missing, attributes_for=items if attrs_needed else [])
+        data = ItemData({}, {}, {}, {})
+        if missing or attrs_needed:  # bandit rows: only for the exploration pool, after ranking
+            data = await fetch_items(self.redis, scorer.version, [], segment, now, self.bandit_tau_ms,
+                                     features_for=missing, attributes_for=items if attrs_needed else [])
         self.features.put(scorer.version, data.features)
         data.features = self.features.get(scorer.version, items)
         timer.lap("features")
         excluded = set(req.filters.exclude_item_ids)
+        filtering = bool(excluded or f.include_categories or f.exclude_categories or f.HasField("price_range")
+                         or f.new_items_only)  # else skip `passes` for each of ~500 candidates
         dropped: dict[str, int] = {}
         kept = []
         for item in items:
-            f = data.features.get(item)
-            why = "no_model_features" if f is None else passes(item, f.categories, data.attributes.get(item, {}),
-                                                               req.filters, now, excluded)
+            feat = data.features.get(item)
+            why = "no_model_features" if feat is None else None
+            if why is None and filtering:
+                why = passes(item, feat.categories, data.attributes.get(item, {}), f, now, excluded)
             if why:
                 dropped[why] = dropped.get(why, 0) + 1
             else:
@@ -336,6 +349,9 @@ class Personalizer:
         order = pool(np.asarray(p), [by.get(i, set()) for i in kept], self.sizes.rank_top, self.sizes.per_source)
         top, p_top = [kept[i] for i in order], p[order].astype(np.float64)
         timer.lap("rank")
+        evidence = await fetch_items(self.redis, None, top, segment, now, self.bandit_tau_ms, features_for=[],
+                                     attributes_for=[])
+        data.bandit, data.bandit_global = evidence.bandit, evidence.bandit_global
         shown = self.explore(top, p_top, data, segment, min(req.n, len(top)), variant, req.disable_exploration)
         for s in shown:
             s.sources = tuple(sorted(by.get(s.item_id, ())))

@@ -37,17 +37,19 @@ from redis.retry import Retry
 from models import registry
 from schemas import keys
 from schemas import personalization_pb2 as pb
+from schemas import personalization_pb2_grpc as pb_grpc
 from schemas.clock import Clock, clock_from
 from serving import ab, explain, gateway, llm
 from serving.active_model import ActiveModel
 from serving.config import ServeConfig
+from serving.edge_sync import EdgeSyncServicer, SyncHub
 from serving.events import BatchError, impression_events, validate_batch
 from serving.metrics import ServingMetrics
 from serving.personalize import DEFAULT_SEGMENT, NoModelError, Outcome, Personalizer, Shown, Variant
 from stores import deployment
 from stores.publishers import Publisher, publisher_from_config
 from stores.rate_limit import TokenBucket
-from stores.serving_reads import fetch_context, fetch_items
+from stores.serving_reads import fetch_context, fetch_items, read_bandit_counts
 
 log = logging.getLogger("pulserank.serve")
 
@@ -161,6 +163,7 @@ class Origin:
         self.reasoner = llm.LlmReasoner(llm.llm_config(config.llm))
         self.keys = gateway.load_api_keys(config.api_keys)
         self.snapshot = Snapshot()
+        self.hub = SyncHub(self.clock, full_every_s=config.sync_full_every_s)  # the edges' push channel
         self.categories: set[str] = set()
         if not config.registry:
             raise ValueError("registry: required (the model registry root serving follows)")
@@ -201,13 +204,21 @@ class Origin:
                 self.metrics.model.labels(v).set(1)
 
     async def _keep_snapshot(self) -> None:
+        bandits_at = 0.0
         while True:
             await asyncio.sleep(2.0)
             try:
                 await self.snapshot.refresh(self.redis, self.clock.now_ms())
+                if time.monotonic() - bandits_at >= self.hub.full_every_s / 2 and self.hub.subscribers:
+                    self.hub.set_bandits(await read_bandit_counts(self.redis, now_ms=self.clock.now_ms()))
+                    bandits_at = time.monotonic()
                 await self._flush_pending()
             except REDIS_ERRORS:
                 pass
+            for p in self.models.values():
+                if p.version:
+                    self.hub.set_model_version(p.version)
+                    break
 
     async def _flush_pending(self) -> None:
         while self._pending:
@@ -229,12 +240,19 @@ class Origin:
             self.metrics.impressions.labels("buffered").inc(len(events))
 
     async def close(self) -> None:
+        self.hub.close()
         for t in self._tasks:
             t.cancel()
         await self.reasoner.aclose()
         await self.publisher.aclose()
         await self.redis.aclose()
         self.redis_sync.close()
+
+
+def session_of(event) -> str:
+    """The session a client names in the event's context (`extra.session`), if any."""
+    extra = event.context.extra if event.context is not None else None
+    return str(extra.get("session", "")) if extra else ""
 
 
 def _variant(v: ab.Variant) -> Variant:
@@ -388,6 +406,9 @@ class Servicer:
             except Exception as exc:
                 await self._abort(context, "RecordEvents", grpc.StatusCode.UNAVAILABLE,
                                   f"event stream unreachable ({type(exc).__name__}); nothing was accepted, retry")
+            for e in intake.accepted:  # the edges' view of the user changes at once
+                if e.user_id and e.item_id:
+                    o.hub.observe(e.user_id, e.item_id, e.type.value, e.ts, session_of(e))
         o.metrics.requests.labels("RecordEvents", "OK").inc()
         return pb.RecordEventsResponse(accepted=len(intake.accepted), rejections=[
             pb.Rejection(index=i, field=f, reason=r) for i, f, r in intake.rejections])
@@ -480,10 +501,11 @@ async def start_server(config: ServeConfig, clock: Clock | None = None, store=No
         log.warning("serve: no api_keys configured: running OPEN on loopback %s", config.listen)
     server = grpc.aio.server(interceptors=interceptors)
     add_to_server(Servicer(origin), server)
+    pb_grpc.add_EdgeSyncServicer_to_server(EdgeSyncServicer(origin.hub), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = (pb.DESCRIPTOR.services_by_name["Personalization"].full_name, reflection.SERVICE_NAME,
-             health.SERVICE_NAME)
+    names = (pb.DESCRIPTOR.services_by_name["Personalization"].full_name,
+             pb.DESCRIPTOR.services_by_name["EdgeSync"].full_name, reflection.SERVICE_NAME, health.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
     if config.tls_cert:
         with open(config.tls_key, "rb") as k, open(config.tls_cert, "rb") as c:
@@ -503,6 +525,7 @@ async def start_server(config: ServeConfig, clock: Clock | None = None, store=No
 async def stop_server(running: Running, grace_s: float = 5.0) -> None:
     for name in ("", SERVICE):
         await running.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    running.origin.hub.close()  # open sync streams would hold the shutdown for the whole grace period
     await running.server.stop(grace_s)
     await running.origin.close()
 

@@ -16,6 +16,7 @@ import numpy as np
 import redis.asyncio as aioredis
 
 from schemas import keys
+from schemas.clock import default_clock
 from schemas.features import FeatureConfig
 from serving.context import UserContext, mood_of
 from stores.deployment import ItemFeatures, decode_vector
@@ -111,3 +112,27 @@ async def fetch_items(client: aioredis.Redis, version: str | None, item_ids: Seq
     bandit_global = {i: c for i, raw in zip(ids, glob_rows, strict=True)
                      if (c := _counts(raw, now_ms, bandit_tau_ms))}
     return ItemData(feats, attrs, bandit, bandit_global)
+
+
+async def read_bandit_counts(client: aioredis.Redis, segments: Sequence[str] | None = None, now_ms: int | None = None,
+                             tau_ms: float | None = None) -> dict[str, dict[str, tuple[float, float]]]:
+    """Every stored bandit segment's (clicks, non-clicks) per item as of `now_ms` (default: the
+    process clock), or only `segments`: the rows the origin pushes to edges in full snapshots.
+    One SCAN for the segment names (when not given), then one pipelined HGETALL per segment."""
+    now = default_clock().now_ms() if now_ms is None else now_ms
+    if segments is None:
+        found = [k.decode() async for k in client.scan_iter(match=keys.bandit("*"), count=1000)]
+        # keep exact round trips only: the glob could also match other keys of an odd segment name
+        segments = sorted({s for k in found if keys.bandit(s := keys.hash_tag(k)[2:]) == k})
+    segments = list(segments)
+    if not segments:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    for seg in segments:
+        pipe.hgetall(keys.bandit(seg))
+    replies = await pipe.execute()
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for seg, raw in zip(segments, replies, strict=True):
+        if raw:
+            out[seg] = {k.decode(): c for k, v in raw.items() if (c := _counts(v, now, tau_ms))}
+    return out
