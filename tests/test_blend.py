@@ -64,4 +64,4 @@ def test_weight_zero_keeps_retrievals_order_and_the_best_weight_wins() -> None:
     assert ndcg["0"] == pytest.approx(ndcg["retrieval"])  # the calibration alone is monotone in the dot
     assert ndcg[f"{weight:g}"] == max(ndcg[f"{w:g}"] for w in blend.GRID)
     blend.set_residual_weight(ranker, weight)
-    assert float(ranker.residual_weight) == weight
+    assert float(ranker.residual_weight) == pytest.approx(weight)
