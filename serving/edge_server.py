@@ -41,7 +41,15 @@ from serving.edge_cache import CachedList, PersonalizedCache, TtlPolicy, cache_k
 from serving.edge_scorer import EdgeScorer
 from serving.edge_view import EdgeView, SyncClient
 from serving.events import BatchError, impression_events, validate_batch
-from serving.server import SERVICE, BadRequest, Malformed, add_to_server, session_of, validate_personalize
+from serving.server import (
+    SERVICE,
+    BadRequest,
+    Malformed,
+    add_to_server,
+    session_of,
+    until_signalled,
+    validate_personalize,
+)
 
 log = logging.getLogger("pulserank.edge")
 
@@ -341,16 +349,10 @@ async def stop_edge(running: RunningEdge, grace_s: float = 2.0) -> None:
 
 async def serve_edge_forever(origins: Sequence[str], registry: str, listen: str, edge_id: str, cache_mib: int,
                              as_of: str | None = None) -> None:
-    import signal
-
     config = EdgeConfig(origins=list(origins), registry=registry, listen=listen, edge_id=edge_id,
                         cache_bytes=cache_mib * 1024 * 1024, as_of=as_of)
     running = await start_edge(config)
     print(f"pulserank edge: listening on {listen} (port {running.port}) in front of {', '.join(origins)}; edge "
           f"ranker {running.edge.scorer.version}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signalled()
     await stop_edge(running)

@@ -531,21 +531,27 @@ async def stop_server(running: Running, grace_s: float = 5.0) -> None:
     await running.origin.close()
 
 
-async def serve_forever(config: ServeConfig) -> None:
-    running = await start_server(config)
-    # Startup leaves ~250k long-lived objects (modules, protobuf, ONNX, grpc); every full cycle
-    # collection walked them all, a ~140 ms stop of every request in flight about once per 200
-    # requests. Frozen, they are skipped: full collections take ~1 ms (benchmarks/serve_load.py).
+async def until_signalled() -> None:
+    """Freezes the startup objects out of the GC, then waits for SIGTERM or SIGINT.
+
+    Startup leaves ~250k long-lived objects (modules, protobuf, ONNX, grpc); every full cycle
+    collection walked them all, a ~140 ms stop of every request in flight about once per 200
+    requests. Frozen, they are skipped: full collections take ~1 ms (benchmarks/serve_load.py)."""
     gc.collect()
     gc.freeze()
-    print(f"pulserank serve: listening on {config.listen} (port {running.port}), model "
-          f"{', '.join(f'{a}={p.version}' for a, p in running.origin.models.items())}, clock "
-          f"{running.origin.clock.describe()}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+
+
+async def serve_forever(config: ServeConfig) -> None:
+    running = await start_server(config)
+    print(f"pulserank serve: listening on {config.listen} (port {running.port}), model "
+          f"{', '.join(f'{a}={p.version}' for a, p in running.origin.models.items())}, clock "
+          f"{running.origin.clock.describe()}", flush=True)
+    await until_signalled()
     print("pulserank serve: shutting down (grace 5 s)", flush=True)
     await stop_server(running)
 
