@@ -204,6 +204,10 @@ class Edge:
             if cached is not None:
                 c.hits += 1
                 resp = self.serve_cached(req, cached, segment)
+                # the push channel is the edge's sign of life from the origins: without it the
+                # cached list may be stale, and the answer says so
+                resp.degraded = not self.sync.connected
+                c.degraded += int(resp.degraded)
                 self._log_impressions(req, resp, segment)
                 return resp
         c.misses += 1

@@ -120,3 +120,62 @@ def test_origin_down_cached_users_are_served_degraded_cold_users_unavailable(tie
         _ask(stub, "a-user-never-seen")
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert time.monotonic() - started < edge.config.origin_deadline_s + 1.0
+
+
+def test_origin_killed_mid_traffic(trained_registry, redis_url, tmp_path) -> None:
+    """Load on warm (cached) and cold users; the origin dies halfway: warm users keep getting
+    answers, flagged degraded once the edge notices; cold users get UNAVAILABLE within the deadline."""
+    import threading
+
+    _, end, truth, store = replay_and_deploy(trained_registry.root, trained_registry.version,
+                                             trained_registry.data_dir, redis_url, tmp_path)
+    config = ServeConfig(listen="127.0.0.1:0", registry=trained_registry.root, redis_url=redis_url, vector_store=store,
+                         sync_full_every_s=0.5)
+    origin = ServerThread(config, Clock(end))
+    deadline_s = 0.5
+    edge = origin.call(start_edge(EdgeConfig(origins=[origin.address], registry=trained_registry.root,
+                                             listen="127.0.0.1:0", origin_deadline_s=deadline_s, sync_backoff_s=0.2),
+                                  Clock(end), seed=0))
+    channel = grpc.insecure_channel(f"127.0.0.1:{edge.port}")
+    stub = pb_grpc.PersonalizationStub(channel)
+    warm = sorted(truth)[:20]
+    for u in warm:
+        _ask(stub, u)
+    results: list[tuple[float, str, str, bool, float]] = []  # (t, kind, code, degraded, seconds)
+    stop = threading.Event()
+
+    def load() -> None:
+        k = 0
+        while not stop.is_set():
+            kind = "cold" if k % 5 == 4 else "warm"
+            user = f"cold-user-{k}" if kind == "cold" else warm[k % len(warm)]
+            started = time.monotonic()
+            try:
+                resp = _ask(stub, user)
+                results.append((started, kind, "OK", resp.degraded, time.monotonic() - started))
+            except grpc.RpcError as err:
+                results.append((started, kind, err.code().name, False, time.monotonic() - started))
+            k += 1
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    time.sleep(1.0)
+    killed = time.monotonic()
+    origin.call(stop_server(origin.running, grace_s=0.0))
+    time.sleep(2.0)
+    stop.set()
+    thread.join()
+    channel.close()
+    origin.call(stop_edge(edge, grace_s=0.2))
+    origin.loop.call_soon_threadsafe(origin.loop.stop)
+    after = [r for r in results if r[0] > killed + 1.0]
+    warm_after = [r for r in after if r[1] == "warm"]
+    cold_after = [r for r in after if r[1] == "cold"]
+    assert all(r[2] == "OK" for r in results if r[1] == "warm"), "a cached user got an error"
+    assert warm_after and all(r[3] for r in warm_after), "answers without an origin must be flagged degraded"
+    assert cold_after and all(r[2] == "UNAVAILABLE" for r in cold_after)
+    assert max(r[4] for r in cold_after) < deadline_s + 0.5
+    first_flag = min((r[0] for r in results if r[3]), default=None)
+    print(f"\n  [measured] origin killed mid-traffic: {len(results)} requests, warm errors 0, degraded flagged "
+          f"{first_flag - killed:.3f}s after the kill, cold UNAVAILABLE in ≤ {max(r[4] for r in cold_after):.3f}s")
