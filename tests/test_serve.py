@@ -254,3 +254,34 @@ def test_impressions_reach_the_event_stream_with_propensities(served) -> None:
         e = found[(resp.request_id, item.position)]
         assert e["item_id"] == item.item_id and e["user_id"] == user
         assert e["propensity"] == pytest.approx(item.propensity) and e["variant"] == resp.variant
+
+
+def test_the_real_server_enforces_keys_scopes_and_rates(served) -> None:
+    """The gateway's interceptors on `pulserank serve` itself (their details: tests/test_gateway.py)."""
+    running = served["server"].running
+    config = running.origin.config
+    keys = [{"name": "web", "key": "k-web", "scopes": ["personalize"], "rate": {"per_second": 1, "burst": 2}},
+            {"name": "ingest", "key": "k-ingest", "scopes": ["events"]}]
+    secured = ServerThread(ServeConfig(listen="127.0.0.1:0", registry=config.registry, redis_url=config.redis_url,
+                                       vector_store=config.vector_store, api_keys=keys), Clock(served["end"]))
+    try:
+        with grpc.insecure_channel(secured.address) as channel:
+            stub = pb_grpc.PersonalizationStub(channel)
+            request = pb.PersonalizeRequest(user_id=sorted(served["truth"])[0], n=3)
+
+            def code(key: str | None, call=stub.Personalize, req=request):
+                try:
+                    call(req, timeout=10, metadata=[("x-api-key", key)] if key else None)
+                    return grpc.StatusCode.OK
+                except grpc.RpcError as err:
+                    return err.code()
+
+            assert code(None) == grpc.StatusCode.UNAUTHENTICATED
+            assert code("k-ingest") == grpc.StatusCode.PERMISSION_DENIED
+            assert code("k-web") == grpc.StatusCode.OK
+            assert code("k-web") == grpc.StatusCode.OK
+            assert code("k-web") == grpc.StatusCode.RESOURCE_EXHAUSTED  # burst of 2, 1 a second
+            events = pb.RecordEventsRequest(events=[])
+            assert code("k-ingest", stub.RecordEvents, events) == grpc.StatusCode.OK
+    finally:
+        secured.stop()
