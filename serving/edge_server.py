@@ -40,7 +40,7 @@ from serving import edge_bandit
 from serving.edge_cache import CachedList, PersonalizedCache, TtlPolicy, cache_key
 from serving.edge_scorer import EdgeScorer
 from serving.edge_view import EdgeView, SyncClient
-from serving.events import BatchError, impression_events, validate_batch
+from serving.events import BatchError, impression_event_id, validate_batch
 from serving.server import (
     SERVICE,
     BadRequest,
@@ -242,12 +242,16 @@ class Edge:
         return resp
 
     def _log_impressions(self, req, resp: pb.PersonalizeResponse, segment: str) -> None:
-        events = impression_events(resp.request_id, req.user_id,
-                                   [(i.item_id, i.position, i.propensity) for i in resp.items], resp.variant,
-                                   self.clock.now_ms(), {"segment": segment})
-        for e in events:
-            self.view.add_local_outcome(segment, e.item_id, clicked=False)
-        self._outbox.extend(_to_proto(e) for e in events)
+        """One impression per shown item, built as the wire message directly (the slate's own
+        values need no contract check; the origin validates what it receives)."""
+        now = self.clock.now_ms()
+        context = pb.Context(segment=segment)
+        for i in resp.items:
+            self.view.add_local_outcome(segment, i.item_id, clicked=False, ts_ms=now)
+            self._outbox.append(pb.Event(
+                event_id=impression_event_id(resp.request_id, i.position), ts_ms=now, user_id=req.user_id,
+                type="impression", item_id=i.item_id, request_id=resp.request_id, position=i.position,
+                propensity=i.propensity, variant=resp.variant, context=context))
 
     def record(self, events) -> None:
         """Accepted client events: the view at once (the view's hook invalidates cached lists on a

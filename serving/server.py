@@ -408,7 +408,7 @@ class Servicer:
                 await self._abort(context, "RecordEvents", grpc.StatusCode.UNAVAILABLE,
                                   f"event stream unreachable ({type(exc).__name__}); nothing was accepted, retry")
             for e in intake.accepted:  # the edges' view of the user changes at once
-                if e.user_id and e.item_id:
+                if e.user_id and e.item_id and e.type.value != "impression":  # an edge's own impressions
                     o.hub.observe(e.user_id, e.item_id, e.type.value, e.ts, session_of(e))
         o.metrics.requests.labels("RecordEvents", "OK").inc()
         return pb.RecordEventsResponse(accepted=len(intake.accepted), rejections=[
