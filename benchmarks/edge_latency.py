@@ -57,12 +57,11 @@ from benchmarks.serve_load import (
     cpu_seconds,
     deploy_into_stores,
     free_port,
-    log_facts,
+    model_and_log,
     open_loop,
     start_echo,
     start_origin,
     stop,
-    trained,
     wait_serving,
 )
 from schemas import personalization_pb2 as pb
@@ -308,11 +307,8 @@ def main() -> None:
     parser.add_argument("--registry", default=None, help="an existing trained registry (with --data)")
     parser.add_argument("--data", default=None, help="the event logs that registry was trained on (a directory)")
     args = parser.parse_args()
-    if bool(args.registry) != bool(args.data):
-        parser.error("--registry and --data go together")
     started = time.perf_counter()
-    registry_root, data = (Path(args.registry), Path(args.data)) if args.registry else trained(args.scale)
-    files, end, segments = log_facts(data)
+    registry_root, data, files, end, segments = model_and_log(parser, args)
 
     from stores.redis_client import redis_url, shutdown_embedded
 

@@ -437,6 +437,16 @@ async def run_loads(origin_addr: str, origin_pid: int, echo_addr: str, echo_pid:
         await echo.channel.close()
 
 
+def model_and_log(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """(registry root, data directory, log files, the log's end, its segments): `--registry/--data`,
+    or the cached synthetic model trained for the benchmarks."""
+    if bool(args.registry) != bool(args.data):
+        parser.error("--registry and --data go together")
+    registry_root, data = (Path(args.registry), Path(args.data)) if args.registry else trained(args.scale)
+    files, end, segments = log_facts(data)
+    return registry_root, data, files, end, segments
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", default="25,50,100,200", help="offered loads (requests/s), comma-separated")
@@ -453,11 +463,8 @@ def main() -> None:
     if args.echo_server is not None:
         asyncio.run(echo_server(args.echo_server))
         return
-    if bool(args.registry) != bool(args.data):
-        parser.error("--registry and --data go together")
     started = time.perf_counter()
-    registry_root, data = (Path(args.registry), Path(args.data)) if args.registry else trained(args.scale)
-    files, end, segments = log_facts(data)
+    registry_root, data, files, end, segments = model_and_log(parser, args)
 
     from stores.redis_client import redis_url, shutdown_embedded
 
