@@ -131,8 +131,10 @@ def test_stream_opens_with_a_full_snapshot_then_deltas_then_periodic_fulls() -> 
 
 
 def test_edge_recovers_within_one_full_period_after_the_origin_restarts() -> None:
+    period = 2.0  # production's is 30 s; 0.5 s left too little room for a loaded CI machine (0.548 s seen)
+
     async def main() -> None:
-        hub = SyncHub(WALL, full_every_s=FULL_EVERY_S)
+        hub = SyncHub(WALL, full_every_s=period)
         hub.observe("u1", "a", "click", T0, "s1")
         server, port = await start_origin(hub)
         view = EdgeView()
@@ -152,10 +154,10 @@ def test_edge_recovers_within_one_full_period_after_the_origin_restarts() -> Non
             recovered = await until(lambda: view.recent("u1") == ["b", "a"] and view.recent("u2") == ["c"]
                                     and view.counts("seg", ["c"])[1][0] == 4.0, what="recovery")
             assert client.connected and client.drops == 1 and client.connects == 2
-            assert recovered <= FULL_EVERY_S, f"recovered in {recovered:.3f} s > one period ({FULL_EVERY_S} s)"
+            assert recovered <= period, f"recovered in {recovered:.3f} s > one period ({period} s)"
             assert view.last_full_ms is not None and view.last_full_ms >= int(time.time() * 1000) - 1000
             print(f"[measured] edge whole again {recovered * 1000:.0f} ms after the origin restarted "
-                  f"(full-snapshot period {FULL_EVERY_S * 1000:.0f} ms, client max backoff 200 ms)")
+                  f"(full-snapshot period {period * 1000:.0f} ms, client max backoff 200 ms)")
         finally:
             await shutdown(hub, server, client)
         assert task.done()
