@@ -41,6 +41,7 @@ from serving.edge_cache import CachedList, PersonalizedCache, TtlPolicy, cache_k
 from serving.edge_scorer import EdgeScorer
 from serving.edge_view import EdgeView, SyncClient
 from serving.events import BatchError, impression_event_id, validate_batch
+from serving.personalize import has_filters
 from serving.server import (
     SERVICE,
     BadRequest,
@@ -85,9 +86,7 @@ class EdgeCounters:
 
 
 def _complex(req: pb.PersonalizeRequest) -> bool:
-    f = req.filters
-    return bool(req.explain or req.candidate_item_ids or f.exclude_item_ids or f.include_categories
-                or f.exclude_categories or f.HasField("price_range") or f.new_items_only)
+    return bool(req.explain or req.candidate_item_ids or has_filters(req.filters))
 
 
 class Origins:
@@ -199,7 +198,8 @@ class Edge:
         now = self.clock.now_ms()
         segment = req.context.segment or DEFAULT_SEGMENT
         key = cache_key(req.user_id, req.context.surface, segment)
-        if not _complex(req):
+        complex_request = _complex(req)
+        if not complex_request:
             cached = self.cache.get(key, now, self.view.session_key(req.user_id))
             if cached is not None:
                 c.hits += 1
@@ -213,13 +213,13 @@ class Edge:
         c.misses += 1
         try:
             c.origin_calls += 1
-            if _complex(req):
+            if complex_request:
                 return await self.origins.call("Personalize", req)
             pool_req = pb.PersonalizeRequest(user_id=req.user_id, n=POOL, context=req.context,
                                              disable_exploration=True)
             pool = await self.origins.call("Personalize", pool_req)
         except (grpc.aio.AioRpcError, TimeoutError) as exc:
-            stale = None if _complex(req) else self.cache.get_stale(key)
+            stale = None if complex_request else self.cache.get_stale(key)
             if stale is None:
                 c.unavailable += 1
                 why = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else str(exc)

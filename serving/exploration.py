@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
+from transforms.summaries.bandit import borrowed_posterior
+
 # Draws per Monte-Carlo chunk: bounds memory at chunk × n_items doubles.
 _CHUNK = 8_192
 
@@ -123,6 +125,44 @@ def action_distribution(
     _check_n_sim(n_sim)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     return _cell_counts(a, b, k, int(n_sim), rng, float(epsilon)) / float(n_sim)
+
+
+# -- the bandit evidence --------------------------------------------------------------------------
+
+
+def _counts(x: ArrayLike, name: str, n: int | None = None, missing_ok: bool = False) -> np.ndarray:
+    try:
+        v = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected numbers") from None
+    if v.ndim != 1 or (n is not None and v.size != n):
+        want = f"{n} values (one per item)" if n is not None else "a 1-D array (one value per item)"
+        raise ValueError(f"{name}: expected {want}, got shape {v.shape}")
+    known = ~np.isnan(v) if missing_ok else np.ones(v.shape, bool)
+    if not np.all(np.isfinite(v[known]) & (v[known] >= 0)):
+        raise ValueError(f"{name}: counts must be finite and ≥ 0" + (" (NaN: no global row)" if missing_ok else ""))
+    return v
+
+
+def posterior(clicks: ArrayLike, non_clicks: ArrayLike, global_clicks: ArrayLike | None = None,
+              global_non_clicks: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(α, β) per item, origin and edge alike: the segment's counts borrowing from the global row.
+
+    `global_clicks`/`global_non_clicks` None: no global evidence at all; a NaN entry: that item
+    has no global row. Either way the item gets the bare prior Beta(1 + clicks, 1 + non_clicks).
+    """
+    c = _counts(clicks, "clicks")
+    nc = _counts(non_clicks, "non_clicks", c.size)
+    if (global_clicks is None) != (global_non_clicks is None):
+        raise ValueError("global_clicks, global_non_clicks: give both or neither")
+    bare = (1.0 + c, 1.0 + nc)
+    if global_clicks is None:
+        return bare
+    gc = _counts(global_clicks, "global_clicks", c.size, missing_ok=True)
+    gn = _counts(global_non_clicks, "global_non_clicks", c.size, missing_ok=True)
+    has = ~(np.isnan(gc) | np.isnan(gn))
+    a, b = borrowed_posterior((c, nc), (np.where(has, gc, 0.0), np.where(has, gn, 0.0)))  # numpy broadcasts
+    return np.where(has, a, bare[0]), np.where(has, b, bare[1])
 
 
 # -- the serving policy -------------------------------------------------------------------------

@@ -33,13 +33,12 @@ from schemas import keys
 from schemas import personalization_pb2 as pb
 from schemas.features import context_features
 from serving import exploration
-from serving.active_model import ActiveModel
+from serving.active_model import ActiveModel, collections_of
 from serving.context import UserContext
 from serving.scoring import Scorer
 from stores.deployment import ItemFeatures
 from stores.serving_reads import ItemData, fetch_context, fetch_items
 from stores.vector_store import Filter, VectorStore
-from transforms.summaries.bandit import borrowed_posterior
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +190,12 @@ def pool(p: np.ndarray, sources: Sequence[set[str]], size: int, per_source: int)
     return np.array(sorted(chosen, key=lambda i: (-p[i], i)), dtype=np.int64)
 
 
+def has_filters(f: pb.Filters) -> bool:
+    """True when the request constrains the items at all."""
+    return bool(f.exclude_item_ids or f.include_categories or f.exclude_categories or f.HasField("price_range")
+                or f.new_items_only)
+
+
 def passes(item: str, categories: Sequence[str], attrs: dict[str, str], flt: pb.Filters, now_ms: int,
            excluded: set[str]) -> str | None:
     """None when the item passes the request's filters, else the filter that dropped it."""
@@ -265,21 +270,17 @@ class Personalizer:
 
     def user_embedding(self, scorer: Scorer, ctx: UserContext) -> tuple[np.ndarray, str]:
         """(embedding, where it came from): the batch one while it is fresh, else the user tower now."""
-        if ctx.embedding is not None and ctx.embedding_is_fresh and len(ctx.embedding) == self._dim(scorer):
+        if ctx.embedding is not None and ctx.embedding_is_fresh and len(ctx.embedding) == scorer.embedding_dim:
             return ctx.embedding, "batch"
         history = ctx.history(scorer.history_len)
         return scorer.embed_user(ctx.user_id, history, context_features(ctx.activity, ctx.now_ms)), "fresh"
 
-    @staticmethod
-    def _dim(scorer: Scorer) -> int:
-        shape = scorer.ranker.get_inputs()[0].shape
-        return int(shape[1]) if isinstance(shape[1], int) else -1
 
     def retrieve(self, scorer: Scorer, ctx: UserContext, user_vec: np.ndarray, seen: set[str]
                  ) -> tuple[list[str], dict[str, set[str]], dict[str, int]]:
         state = self.active.state
         collections = state.collections if state and state.version == scorer.version else \
-            _collections(scorer.version)
+            collections_of(scorer.version)
         not_seen = Filter.not_ids(seen) if seen else None
         lists: dict[str, list[str]] = {}
         if "collaborative" in self.sources and self.store is not None and not ctx.is_cold:
@@ -329,8 +330,7 @@ class Personalizer:
         data.features = self.features.get(scorer.version, items)
         timer.lap("features")
         excluded = set(req.filters.exclude_item_ids)
-        filtering = bool(excluded or f.include_categories or f.exclude_categories or f.HasField("price_range")
-                         or f.new_items_only)  # else skip `passes` for each of ~500 candidates
+        filtering = has_filters(f)  # else skip `passes` for each of ~500 candidates
         dropped: dict[str, int] = {}
         kept = []
         for item in items:
@@ -363,20 +363,14 @@ class Personalizer:
                 disabled: bool) -> list[Shown]:
         if n <= 0 or not items:
             return []
-        alpha, beta = np.empty(len(items)), np.empty(len(items))
-        for k, item in enumerate(items):
-            seg = data.bandit.get(item, (0.0, 0.0)) if segment != keys.GLOBAL_SEGMENT else (0.0, 0.0)
-            glob = data.bandit_global.get(item)
-            # no evidence anywhere: the bare prior (borrowing would add 20 pseudo-trials at 0.5)
-            alpha[k], beta[k] = borrowed_posterior(seg, glob) if glob else (1.0 + seg[0], 1.0 + seg[1])
+        none, missing = (0.0, 0.0), (np.nan, np.nan)  # NaN: no global row, so no borrowing (the bare prior)
+        seg = np.array([data.bandit.get(i, none) if segment != keys.GLOBAL_SEGMENT else none for i in items])
+        glob = np.array([data.bandit_global.get(i, missing) for i in items])
+        alpha, beta = exploration.posterior(seg[:, 0], seg[:, 1], glob[:, 0], glob[:, 1])
         slate = exploration.thompson_slate(np.clip(p, 0.0, 1.0), alpha, beta, n, self.rng, n0=variant.n0,
                                            epsilon=variant.epsilon, explore=not disabled, n_sim=self.n_sim)
         return [Shown(items[int(i)], float(p[int(i)]), pos, float(slate.propensity[pos]), bool(slate.explored[pos]), ())
                 for pos, i in enumerate(slate.order)]
-
-
-def _collections(version: str) -> dict[str, str]:
-    return {kind: keys.vector_collection(kind, version) for kind in (keys.ITEMS, keys.CONTENT, keys.USERS)}
 
 
 class NoModelError(RuntimeError):

@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
+from schemas.features import SERVING_HISTORY_LEN
 from serving.active_model import ModelState
 
 USER_TOWER = "user_tower.onnx"
 RANKER = "ranker.onnx"
-SERVING_HISTORY_LEN = 500  # models.examples.SERVING_HISTORY_LEN (serving imports no models code)
 
 
 def _session(path: str) -> ort.InferenceSession:
@@ -36,6 +36,8 @@ class Scorer:
         self.user = _session(state.files[USER_TOWER])
         self.ranker = _session(state.files[RANKER])
         self.content_dim = int(spec.get("content_dim", 0))
+        dim = self.ranker.get_inputs()[0].shape[1]  # user_embedding [N, D + 1]
+        self.embedding_dim = dim if isinstance(dim, int) else -1
         width = next((a.shape[1] for a in self.user.get_inputs() if a.name == "history"), None)
         self.history_width = width if isinstance(width, int) else None
 

@@ -35,11 +35,11 @@ from redis.backoff import NoBackoff
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
-from models import registry
 from schemas import keys
 from schemas import personalization_pb2 as pb
 from schemas import personalization_pb2_grpc as pb_grpc
 from schemas.clock import Clock, clock_from
+from schemas.features import context_features
 from serving import ab, explain, gateway, llm
 from serving.active_model import ActiveModel
 from serving.config import ServeConfig
@@ -442,8 +442,6 @@ class Servicer:
         if scorer is not None:
             f = data.features[req.item_id]
             vec, _ = personalizer.user_embedding(scorer, ctx)
-            from schemas.features import context_features
-
             p = float(scorer.rank(vec, [req.item_id], [f.categories], f.content[None, :],
                                   context_features(ctx.activity, now))[0])
         shown = Shown(req.item_id, p, 0, 1.0, False, ())
@@ -487,7 +485,7 @@ class Running:
     server: grpc.aio.Server
     origin: Origin
     port: int
-    health: health.aio.HealthServicer if hasattr(health, "aio") else object
+    health: health.aio.HealthServicer
 
 
 async def start_server(config: ServeConfig, clock: Clock | None = None, store=None, seed: int | None = None
@@ -575,9 +573,3 @@ class ServerThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 
-
-def registry_exists(root: str) -> bool:
-    try:
-        return registry.read_alias(root) is not None
-    except registry.RegistryError:
-        return False
