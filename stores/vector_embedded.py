@@ -475,13 +475,16 @@ class EmbeddedVectorStore:
             n = len(c.slot_of)
             if k <= 0 or n == 0:
                 return []
-            if filter is None or (isinstance(filter, AllOf) and not filter.filters):
+            unfiltered = filter is None or (isinstance(filter, AllOf) and not filter.filters)
+            if unfiltered:
                 res = c.index.search(q, min(k, n))
-                scores = c.scores_from_distances(res.distances)
-                return [c.hit(int(s), sc) for s, sc in zip(res.keys, scores, strict=True)]
-            if not check_filter(filter, c.schema):
+                if len(res.keys) >= min(k, n):
+                    scores = c.scores_from_distances(res.distances)
+                    return [c.hit(int(s), sc) for s, sc in zip(res.keys, scores, strict=True)]
+                # HNSW may return fewer than asked (seen when asking for the whole collection): rank exactly
+            elif not check_filter(filter, c.schema):
                 return []
-            mask = c.mask(filter)
+            mask = c.alive.copy() if unfiltered else c.mask(filter)
             matching = int(mask.sum())
             want = min(k, matching)
             if want == 0:
