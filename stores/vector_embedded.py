@@ -476,13 +476,13 @@ class EmbeddedVectorStore:
             if k <= 0 or n == 0:
                 return []
             unfiltered = filter is None or (isinstance(filter, AllOf) and not filter.filters)
-            if unfiltered:
+            if unfiltered and n > self.exact_threshold:  # small collections rank exactly, as small subsets do
                 res = c.index.search(q, min(k, n))
                 if len(res.keys) >= min(k, n):
                     scores = c.scores_from_distances(res.distances)
                     return [c.hit(int(s), sc) for s, sc in zip(res.keys, scores, strict=True)]
                 # HNSW may return fewer than asked (seen when asking for the whole collection): rank exactly
-            elif not check_filter(filter, c.schema):
+            elif not unfiltered and not check_filter(filter, c.schema):
                 return []
             mask = c.alive.copy() if unfiltered else c.mask(filter)
             matching = int(mask.sum())
