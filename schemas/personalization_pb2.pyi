@@ -64,7 +64,7 @@ class Filters(_message.Message):
     def __init__(self, exclude_item_ids: _Optional[_Iterable[str]] = ..., include_categories: _Optional[_Iterable[str]] = ..., exclude_categories: _Optional[_Iterable[str]] = ..., price_range: _Optional[_Union[PriceRange, _Mapping]] = ..., new_items_only: bool = ..., new_within_days: _Optional[int] = ...) -> None: ...
 
 class PersonalizeRequest(_message.Message):
-    __slots__ = ("user_id", "context", "n", "filters", "explain", "candidate_item_ids", "disable_exploration")
+    __slots__ = ("user_id", "context", "n", "filters", "explain", "candidate_item_ids", "disable_exploration", "include_pool")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class PersonalizeRequest(_message.Message):
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     DISABLE_EXPLORATION_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_POOL_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     context: Context
     n: int
@@ -79,7 +80,8 @@ class PersonalizeRequest(_message.Message):
     explain: bool
     candidate_item_ids: _containers.RepeatedScalarFieldContainer[str]
     disable_exploration: bool
-    def __init__(self, user_id: _Optional[str] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., n: _Optional[int] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., explain: bool = ..., candidate_item_ids: _Optional[_Iterable[str]] = ..., disable_exploration: bool = ...) -> None: ...
+    include_pool: bool
+    def __init__(self, user_id: _Optional[str] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., n: _Optional[int] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., explain: bool = ..., candidate_item_ids: _Optional[_Iterable[str]] = ..., disable_exploration: bool = ..., include_pool: bool = ...) -> None: ...
 
 class Reason(_message.Message):
     __slots__ = ("code", "text", "weight")
@@ -110,20 +112,30 @@ class ScoredItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., position: _Optional[int] = ..., propensity: _Optional[float] = ..., explored: bool = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., explanation: _Optional[str] = ...) -> None: ...
 
 class PersonalizeResponse(_message.Message):
-    __slots__ = ("request_id", "items", "model_version", "variant", "degraded", "source")
+    __slots__ = ("request_id", "items", "model_version", "variant", "degraded", "source", "pool")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
     model_version: str
     variant: str
     degraded: bool
     source: Source
-    def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., variant: _Optional[str] = ..., degraded: bool = ..., source: _Optional[_Union[Source, str]] = ...) -> None: ...
+    pool: _containers.RepeatedCompositeFieldContainer[PoolItem]
+    def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., variant: _Optional[str] = ..., degraded: bool = ..., source: _Optional[_Union[Source, str]] = ..., pool: _Optional[_Iterable[_Union[PoolItem, _Mapping]]] = ...) -> None: ...
+
+class PoolItem(_message.Message):
+    __slots__ = ("item_id", "score")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    score: float
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class Vector(_message.Message):
     __slots__ = ("values",)

@@ -7,12 +7,14 @@ from the origin's push channel and from events clients sent to this edge) and re
 edge bandit (the origin's Thompson sampling over synced counts plus local ones). A cache miss, a
 complex request (explain, filters, a caller's candidate list) or a user it knows nothing about
 goes to an origin with a deadline; origins are tried in turn (client-side balancing, the next
-one on failure). When every origin is down, a stale cached list is served and flagged
-`degraded`; a user with nothing cached gets UNAVAILABLE within the deadline.
+one on failure). On a miss the origin's own answer is passed back (the origin logged its
+impressions) and the exploration pool it drew from (`include_pool`) is cached. When every origin
+is down, a stale cached list is served and flagged `degraded`; a user with nothing cached gets
+UNAVAILABLE within the deadline.
 
 Events sent to an edge update its view at once (a purchase or a new session invalidates the
-user's cached lists) and are forwarded to an origin; impressions carry propensities exactly like
-the origin's and are forwarded the same way.
+user's cached lists) and are forwarded to an origin; the impressions of answers from the cache
+carry propensities exactly like the origin's and are forwarded the same way.
 """
 
 from __future__ import annotations
@@ -54,7 +56,6 @@ from serving.server import (
 
 log = logging.getLogger("pulserank.edge")
 
-POOL = 100  # items of the origin's ranked pool an edge caches per key
 DEFAULT_SEGMENT = "global"
 ORIGIN_ERRORS = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
                  grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED)
@@ -215,9 +216,9 @@ class Edge:
             c.origin_calls += 1
             if complex_request:
                 return await self.origins.call("Personalize", req)
-            pool_req = pb.PersonalizeRequest(user_id=req.user_id, n=POOL, context=req.context,
-                                             disable_exploration=True)
-            pool = await self.origins.call("Personalize", pool_req)
+            # the origin answers the request itself (its slate, its impressions) and hands over the
+            # pool it drew from, so a miss costs one origin answer plus the hop
+            answer = await self.origins.call("Personalize", _with_pool(req))
         except (grpc.aio.AioRpcError, TimeoutError) as exc:
             stale = None if complex_request else self.cache.get_stale(key)
             if stale is None:
@@ -229,17 +230,14 @@ class Edge:
             resp = self.serve_cached(req, stale, segment)
             resp.degraded = True
             return resp
-        if pool.degraded or not pool.items:
-            return pool  # the origin's own fallback: not worth caching
-        entry = CachedList(tuple(i.item_id for i in pool.items), tuple(i.score for i in pool.items),
-                           pool.model_version, pool.variant, now,
-                           now + self.config.ttl.ttl_ms(self.view.last_event_ms(req.user_id), now),
-                           self.view.session_key(req.user_id))
-        self.cache.put(key, entry)
-        resp = self.serve_cached(req, entry, segment)
-        resp.source = pb.SOURCE_ORIGIN
-        self._log_impressions(req, resp, segment)
-        return resp
+        if answer.pool and not answer.degraded:  # a degraded answer is the origin's own fallback
+            self.cache.put(key, CachedList(
+                tuple(i.item_id for i in answer.pool), tuple(i.score for i in answer.pool), answer.model_version,
+                answer.variant, now, now + self.config.ttl.ttl_ms(self.view.last_event_ms(req.user_id), now),
+                self.view.session_key(req.user_id)))
+        if not req.include_pool:
+            answer.ClearField("pool")
+        return answer
 
     def _log_impressions(self, req, resp: pb.PersonalizeResponse, segment: str) -> None:
         """One impression per shown item, built as the wire message directly (the slate's own
@@ -262,6 +260,13 @@ class Edge:
                 if e.type.value == "click":
                     self.view.add_local_outcome(e.segment, e.item_id, clicked=True, ts_ms=e.ts)
         self._outbox.extend(_to_proto(e) for e in events)
+
+
+def _with_pool(req: pb.PersonalizeRequest) -> pb.PersonalizeRequest:
+    asked = pb.PersonalizeRequest()
+    asked.CopyFrom(req)
+    asked.include_pool = True
+    return asked
 
 
 class OriginsDown(RuntimeError):

@@ -91,6 +91,8 @@ class Outcome:
     dropped: dict[str, int] = field(default_factory=dict)
     stages_ms: dict[str, float] = field(default_factory=dict)
     feature_cache: tuple[int, int] = (0, 0)  # (hits, misses) of the item-feature cache
+    pool: list[str] = field(default_factory=list)  # the exploration pool, ranker's order
+    pool_scores: np.ndarray | None = None  # its ranker probabilities
 
 
 class Timer:
@@ -357,7 +359,7 @@ class Personalizer:
             s.sources = tuple(sorted(by.get(s.item_id, ())))
         timer.lap("explore")
         return Outcome(request_id, scorer.version, shown, ctx, data, False, per_source, dropped, timer.stages,
-                       (len(items) - len(missing), len(missing)))
+                       (len(items) - len(missing), len(missing)), top, p_top)
 
     def explore(self, items: list[str], p: np.ndarray, data: ItemData, segment: str, n: int, variant: Variant,
                 disabled: bool) -> list[Shown]:

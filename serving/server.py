@@ -300,6 +300,9 @@ class Servicer:
         resp = pb.PersonalizeResponse(request_id=request_id, model_version=outcome.version, variant=variant.name,
                                       degraded=outcome.degraded, source=pb.SOURCE_ORIGIN)
         explained = await self._explanations(req, outcome) if req.explain and outcome.context is not None else {}
+        if req.include_pool and outcome.pool_scores is not None:
+            resp.pool.extend(pb.PoolItem(item_id=i, score=float(p)) for i, p in zip(outcome.pool, outcome.pool_scores,
+                                                                                       strict=True))
         for s in outcome.items:
             item = resp.items.add(item_id=s.item_id, score=s.score, position=s.position, propensity=s.propensity,
                                   explored=s.explored)

@@ -17,6 +17,7 @@ from schemas import personalization_pb2 as pb
 from schemas import personalization_pb2_grpc as pb_grpc
 from schemas.clock import Clock
 from serving.config import ServeConfig
+from serving.edge_cache import cache_key
 from serving.edge_server import EdgeConfig, start_edge, stop_edge
 from serving.server import ServerThread, stop_server
 from tests.test_serve import replay_and_deploy
@@ -54,12 +55,17 @@ def test_repeat_requests_come_from_the_cache_and_misses_go_to_the_origin(tier) -
     calls = edge.counters.origin_calls
     first = _ask(stub, user, disable_exploration=True)
     assert first.source == pb.SOURCE_ORIGIN and len(first.items) == 10
+    assert not first.pool  # the pool the edge asked for is the edge's, not the client's
     assert edge.counters.origin_calls == calls + 1
+    cached = [i.item_id for i in _ask(stub, user, disable_exploration=True).items]
     for _ in range(5):
         again = _ask(stub, user, disable_exploration=True)
         assert again.source in (pb.SOURCE_EDGE_SCORER, pb.SOURCE_EDGE_CACHE)
+        assert [i.item_id for i in again.items] == cached  # same context: same order
     assert edge.counters.origin_calls == calls + 1  # cache hits made no origin call
-    assert [i.item_id for i in again.items] == [i.item_id for i in first.items]  # same context: same order
+    # the cached pool is the origin's exploration pool: the origin's answer came out of it
+    pool = edge.cache.get_stale(cache_key(user, "", "global"))
+    assert len(pool.items) > 10 and {i.item_id for i in first.items} <= set(pool.items)
     explored = _ask(stub, user, n=10)
     assert all(0 < i.propensity <= 1 for i in explored.items)
 

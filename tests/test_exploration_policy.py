@@ -13,6 +13,7 @@ from serving.exploration import (
     DEFAULT_N0,
     Slate,
     action_distribution,
+    contenders,
     exploration_share,
     thompson_slate,
 )
@@ -30,6 +31,45 @@ def _slates(requests: list[np.ndarray], seed: int, **kw) -> list[Slate]:
     rng = np.random.default_rng(seed)
     one = np.ones(100)
     return [thompson_slate(p, one, one, K, rng, n_sim=1, **kw) for p in requests]
+
+
+# -- contenders: the items a draw can put in the top k -------------------------------------------
+
+
+def _exact_top_k_items(a: np.ndarray, b: np.ndarray, k: int, draws: int, seed: int) -> set[int]:
+    theta = np.random.default_rng(seed).beta(a, b, size=(draws, a.size))  # no pruning: every item drawn
+    return set(np.argpartition(-theta, k - 1, axis=1)[:, :k].ravel().tolist())
+
+
+@pytest.mark.parametrize("n0", [350.0, 23_500.0, 1e6])
+def test_items_left_out_never_reach_the_top_k_of_an_exact_draw(n0: float) -> None:
+    rng = np.random.default_rng(int(n0))
+    left_out = 0
+    for _ in range(5):
+        p = calibrated_probabilities(rng)
+        a, b = n0 * p + 1.0, n0 * (1.0 - p) + 1.0
+        keep = contenders(a, b, K)
+        kept = set(range(p.size)) if keep is None else set(keep.tolist())
+        assert _exact_top_k_items(a, b, K, 20_000, seed=int(n0) + 1) <= kept
+        left_out += p.size - len(kept)
+    if n0 >= 23_500:
+        assert left_out >= 5 * 20  # tight posteriors leave many items out
+    else:
+        assert left_out == 0  # the origin's n0: every item can still be explored
+
+
+def test_pruned_and_exact_draws_give_the_same_action_distribution() -> None:
+    p = calibrated_probabilities(np.random.default_rng(3))
+    a, b = 23_500 * p + 1.0, 23_500 * (1.0 - p) + 1.0
+    assert contenders(a, b, K) is not None
+    pruned = action_distribution(a, b, K, n_sim=40_000, seed=1)
+    theta = np.random.default_rng(2).beta(a, b, size=(40_000, a.size))
+    order = np.argsort(-theta, axis=1)[:, :K]
+    exact = np.zeros_like(pruned)
+    for j in range(K):
+        exact[:, j] = np.bincount(order[:, j], minlength=a.size) / 40_000
+    se = np.sqrt(np.maximum(exact * (1 - exact), 1e-4) / 40_000)
+    assert np.all(np.abs(pruned - exact) <= 5 * np.sqrt(2) * se)
 
 
 # -- closeness to the ranker ----------------------------------------------------------------------
