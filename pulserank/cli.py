@@ -153,7 +153,7 @@ def _edge(args: argparse.Namespace, _: list[str]) -> int:
 
     try:
         asyncio.run(serve_edge_forever(args.origin, args.registry, args.listen, args.edge_id, args.cache_mib,
-                                       os.environ.get(AS_OF_ENV)))
+                                       os.environ.get(AS_OF_ENV), args.exploration_share))
     except ValueError as exc:
         print(f"pulserank edge: {exc}", file=sys.stderr)
         return 2
@@ -260,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--listen", default="127.0.0.1:50061", help="address:port (default 127.0.0.1:50061)")
     edge.add_argument("--edge-id", default="edge-1", help="this edge's name in the origins' sync logs")
     edge.add_argument("--cache-mib", type=int, default=256, help="personalized cache budget (MiB)")
+    edge.add_argument("--exploration-share", type=float, default=0.12,
+                      help="share of shown items the edge bandit explores; n0 is calibrated to it on the pools the "
+                           "edge serves (default 0.12)")
     edge.set_defaults(handler=_edge)
     models = sub.add_parser("models", help="the model registry: list versions, promote, roll back")
     model_action = models.add_subparsers(dest="action", required=True)

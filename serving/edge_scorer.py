@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,9 +70,14 @@ class EdgeScorer:
     it in a thread every `poll_secs`, never on the request path.
     """
 
-    def __init__(self, registry_root: str, alias: str = PRODUCTION, poll_secs: float = 5.0) -> None:
+    def __init__(self, registry_root: str, alias: str = PRODUCTION, poll_secs: float = 5.0,
+                 memo_size: int = 4096) -> None:
         self.poll_secs = poll_secs
         self._loaded: _Loaded | None = None
+        # A cache hit re-scores the same list with the same recent items until the user acts again:
+        # the last `memo_size` answers are kept, keyed by everything the output depends on.
+        self.memo_size = memo_size
+        self._memo: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._refused: set[str] = set()
         self._lock = threading.Lock()
         self.active = ActiveModel(registry_root, alias, poll_secs=poll_secs)
@@ -128,7 +134,18 @@ class EdgeScorer:
             return np.zeros(0, np.float32)
         row = list(recent[: loaded.recent_len])
         row += [""] * (loaded.recent_len - len(row))
+        key = (loaded.version, tuple(row), tuple(ids), origin.tobytes())
+        memo = self._memo.get(key)
+        if memo is not None:
+            self._memo.move_to_end(key)
+            return memo
         feed = {"recent": np.array([row] * n, dtype=object),  # str, never bytes: bytes map to OOV
                 "item_id": np.array(ids, dtype=object),
                 "origin_score": origin.reshape(n, 1)}
-        return loaded.session.run(["probability"], feed)[0][:, 0]
+        out = loaded.session.run(["probability"], feed)[0][:, 0]
+        out.flags.writeable = False  # shared by every later call with the same inputs
+        if self.memo_size:
+            self._memo[key] = out
+            while len(self._memo) > self.memo_size:
+                self._memo.popitem(last=False)
+        return out

@@ -25,6 +25,7 @@ import json
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -69,7 +70,12 @@ class EdgeConfig:
     edge_id: str = "edge-1"
     cache_bytes: int = 256 * 1024 * 1024
     ttl: TtlPolicy = field(default_factory=TtlPolicy)
-    exploration: edge_bandit.EdgeExploration | None = None  # default: calibrated to a 12 % share
+    # None: n0 calibrated to `exploration_share` on the pools this edge re-ranks (until it has
+    # `calibrate_after` of them, the default calibrated on a stated distribution); a given policy is kept
+    exploration: edge_bandit.EdgeExploration | None = None
+    exploration_share: float = edge_bandit.DEFAULT_TARGET_SHARE
+    calibrate_after: int = 64
+    recalibrate_s: float = 600.0
     origin_deadline_s: float = 0.2
     sync_backoff_s: float = 2.0
     as_of: str | None = None
@@ -136,6 +142,8 @@ class Edge:
         self.origins = Origins(config.origins, config.origin_deadline_s)
         self.scorer = EdgeScorer(config.registry)
         self.exploration = config.exploration or edge_bandit.DEFAULT_EXPLORATION
+        self.calibration: tuple[str, float] | None = None  # (scorer version, monotonic time) of the last one
+        self._pools: deque = deque(maxlen=256)  # what the bandit last drew from: (p, counts…, k)
         self.rng = np.random.default_rng(seed)
         self.counters = EdgeCounters()
         self._tasks: list[asyncio.Task] = []
@@ -153,6 +161,40 @@ class Edge:
             except Exception as exc:
                 log.warning("edge scorer refresh failed: %s", exc)
             await self.flush_events()
+            if self._calibration_due():
+                await asyncio.to_thread(self.calibrate_exploration)
+
+    def _calibration_due(self) -> bool:
+        if self.config.exploration is not None or len(self._pools) < self.config.calibrate_after:
+            return False
+        if self.calibration is None or self.calibration[0] != self.scorer.version:
+            return True
+        return time.monotonic() - self.calibration[1] >= self.config.recalibrate_s
+
+    def calibrate_exploration(self) -> edge_bandit.EdgeExploration | None:
+        """n0 for the configured share, measured on the pools this edge re-ranked lately: the share
+        a given n0 gives depends on how the edge ranker's probabilities spread, which no stated
+        distribution knows (the suite's trained model needs n0 ≈ 10⁶ where the stated one needs
+        23,500). Blocking (a second or so of draws): the server runs it in a thread."""
+        pools = list(self._pools)
+        version = self.scorer.version or ""
+        if not pools:
+            return None
+        k = int(np.median([pool[-1] for pool in pools]))
+        pools = [pool for pool in pools if pool[0].size >= k]
+        try:
+            found = edge_bandit.calibrate(self.config.exploration_share, [pool[0] for pool in pools], k,
+                                          posteriors=[edge_bandit.posterior(*pool[1:5]) for pool in pools],
+                                          slates=4_000, n0_max=1e10)
+        except ValueError as exc:
+            log.warning("edge bandit: calibration failed (%s); keeping n0 = %g", exc, self.exploration.n0)
+            self.calibration = (version, time.monotonic())
+            return None
+        log.info("edge bandit: n0 %g → %g, ε %g (a %.0f %% share over %d pools of k = %d)", self.exploration.n0,
+                 found.n0, found.epsilon, 100 * self.config.exploration_share, len(pools), k)
+        self.exploration = found
+        self.calibration = (version, time.monotonic())
+        return found
 
     async def flush_events(self) -> None:
         while self._outbox:
@@ -183,8 +225,11 @@ class Edge:
         none = (g_clicks == 0) & (g_non == 0)  # no global evidence: the bare prior, as the origin does
         g_clicks, g_non = np.where(none, np.nan, g_clicks), np.where(none, np.nan, g_non)
         n = min(req.n, len(items))
-        slate = edge_bandit.edge_slate(np.clip(p, 0, 1).astype(np.float64), clicks, non_clicks, g_clicks, g_non, n,
-                                       self.rng, self.exploration, explore=not req.disable_exploration)
+        prob = np.clip(p, 0, 1).astype(np.float64)
+        if not req.disable_exploration:
+            self._pools.append((prob, clicks, non_clicks, g_clicks, g_non, n))
+        slate = edge_bandit.edge_slate(prob, clicks, non_clicks, g_clicks, g_non, n, self.rng, self.exploration,
+                                       explore=not req.disable_exploration)
         source = pb.SOURCE_EDGE_SCORER if self.scorer.version else pb.SOURCE_EDGE_CACHE
         resp = pb.PersonalizeResponse(request_id=uuid.uuid4().hex, model_version=cached.model_version,
                                       variant=cached.variant, source=source)
@@ -361,9 +406,12 @@ async def stop_edge(running: RunningEdge, grace_s: float = 2.0) -> None:
 
 
 async def serve_edge_forever(origins: Sequence[str], registry: str, listen: str, edge_id: str, cache_mib: int,
-                             as_of: str | None = None) -> None:
+                             as_of: str | None = None,
+                             exploration_share: float = edge_bandit.DEFAULT_TARGET_SHARE) -> None:
+    if not 0.0 < exploration_share < 1.0:
+        raise ValueError(f"exploration share: expected a share in (0, 1), got {exploration_share:g}")
     config = EdgeConfig(origins=list(origins), registry=registry, listen=listen, edge_id=edge_id,
-                        cache_bytes=cache_mib * 1024 * 1024, as_of=as_of)
+                        cache_bytes=cache_mib * 1024 * 1024, as_of=as_of, exploration_share=exploration_share)
     running = await start_edge(config)
     print(f"pulserank edge: listening on {listen} (port {running.port}) in front of {', '.join(origins)}; edge "
           f"ranker {running.edge.scorer.version}", flush=True)

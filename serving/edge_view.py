@@ -256,13 +256,13 @@ class EdgeView:
 
     def counts(self, segment: str, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(clicks, non_clicks) per item: the last snapshot plus this edge's outcomes since it."""
+        none = (0.0, 0.0)
         snap = self._bandits.get(segment, {})
-        clicks, non_clicks = np.zeros(len(item_ids)), np.zeros(len(item_ids))
-        for k, item in enumerate(item_ids):
-            c, n = snap.get(item, (0.0, 0.0))
-            lc, ln = self._local_totals.get((segment, item), (0.0, 0.0))
-            clicks[k], non_clicks[k] = max(0.0, c + lc), max(0.0, n + ln)
-        return clicks, non_clicks
+        local = self._local_totals
+        synced = np.array([snap.get(item, none) for item in item_ids], dtype=np.float64).reshape(-1, 2)
+        since = np.array([local.get((segment, item), none) for item in item_ids], dtype=np.float64).reshape(-1, 2)
+        total = np.maximum(synced + since, 0.0)
+        return total[:, 0].copy(), total[:, 1].copy()
 
     def digest(self) -> str:
         """A hash of the effective view (users, bandit counts with local outcomes, model version),

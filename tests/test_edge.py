@@ -16,6 +16,7 @@ import pytest
 from schemas import personalization_pb2 as pb
 from schemas import personalization_pb2_grpc as pb_grpc
 from schemas.clock import Clock
+from serving import edge_bandit
 from serving.config import ServeConfig
 from serving.edge_cache import cache_key
 from serving.edge_server import EdgeConfig, start_edge, stop_edge
@@ -106,6 +107,30 @@ def test_complex_requests_and_bad_ones(tier) -> None:
     with pytest.raises(grpc.RpcError) as err:
         _ask(stub, "", n=3)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("user_id:")
+
+
+def test_the_edge_calibrates_its_exploration_share_on_the_pools_it_serves(tier) -> None:
+    """The default n0 was chosen on a stated distribution; the trained edge ranker's probabilities
+    spread differently, so the edge measures its own pools and finds the n0 of the configured share."""
+    stub, edge = tier["stub"], tier["edge"].edge
+    users = tier["users"][5:45]
+    for user in users:
+        _ask(stub, user, n=20)  # a miss: the origin's answer, the pool cached
+    for k in range(80):
+        _ask(stub, users[k % len(users)], n=20)  # hits: the pools the edge bandit draws from
+    deadline = time.monotonic() + 20
+    while edge.calibration is None and time.monotonic() < deadline:  # the background loop calibrates
+        time.sleep(0.1)
+    assert edge.calibration is not None and edge.calibration[0] == edge.scorer.version
+    assert edge.exploration.n0 != edge_bandit.DEFAULT_N0
+    shown = explored = 0
+    for k in range(400):
+        resp = _ask(stub, users[k % len(users)], n=20)
+        assert resp.source == pb.SOURCE_EDGE_SCORER
+        shown += len(resp.items)
+        explored += sum(i.explored for i in resp.items)
+    share = explored / shown
+    assert abs(share - edge.config.exploration_share) <= 0.02, (edge.exploration, share)
 
 
 def test_origin_down_cached_users_are_served_degraded_cold_users_unavailable(tier) -> None:
