@@ -278,22 +278,27 @@ PRUNE_EPS = 1e-9
 def contenders(a: np.ndarray, b: np.ndarray, k: int, eps: float = PRUNE_EPS) -> np.ndarray | None:
     """Indices of the items whose θ can reach the top k (all but an ε chance); None when all can.
 
-    Beta(a, b) is sub-Gaussian with variance proxy 1/(4(a + b + 1)) (Marchal & Arbel 2017), so θ
-    lies more than t = sqrt(ln(1/ε) / (2(a + b + 1))) above (or below) its mean with probability
-    ≤ ε. Let L be the k-th largest of μ − t: but for a kε chance, those k items' θ are all ≥ L,
-    so the top k's last θ is ≥ L, and an item with μ + t < L gets there with probability ≤ ε.
-    Leaving such items out changes a draw with probability ≤ (n + k)ε — 1.2e-7 for 100 items,
-    far under the Monte-Carlo error of any propensity. Tight posteriors (the edge's n0 of ~10⁴,
-    or many counts) leave half the pool or more out; the origin's n0 of 350 leaves none.
+    θ = G_a / (G_a + G_b) with G ~ Gamma(shape, 1), and Gamma(a, 1) is sub-gamma: with s = ln(2/ε),
+    G_a < a + sqrt(2as) + s and G_a > a − sqrt(2as), each but for an ε/2 chance (Boucheron,
+    Lugosi & Massart, Concentration Inequalities, §2.4). So θ stays under an upper bound U (and
+    over a lower bound L) built from them but for an ε chance. Let F be the k-th largest L: but
+    for a kε chance those k items' θ are ≥ F, so the top k's last θ is ≥ F, and an item with
+    U < F gets there with probability ≤ ε. Leaving such items out changes a draw with
+    probability ≤ (n + k)ε — 1.2e-7 for 100 items, far under the Monte-Carlo error of any
+    propensity. Tight posteriors (the edge's calibrated n0, or many counts) leave most of a pool
+    out; the origin's n0 of 350 leaves few or none.
     """
     n = a.size
     if k >= n:
         return None
-    total = a + b
-    mean = a / total
-    t = np.sqrt(np.log(1.0 / eps) / (2.0 * (total + 1.0)))
-    floor = np.partition(mean - t, n - k)[n - k]  # the k-th largest lower bound
-    keep = np.flatnonzero(mean + t >= floor)
+    s = np.log(2.0 / eps)
+    spread_a, spread_b = np.sqrt(2.0 * a * s), np.sqrt(2.0 * b * s)
+    a_hi, a_lo = a + spread_a + s, np.maximum(a - spread_a, 0.0)
+    b_hi, b_lo = b + spread_b + s, np.maximum(b - spread_b, 0.0)
+    upper = a_hi / (a_hi + b_lo)
+    lower = a_lo / (a_lo + b_hi)
+    floor = np.partition(lower, n - k)[n - k]  # the k-th largest lower bound
+    keep = np.flatnonzero(upper >= floor)
     return None if keep.size == n else keep
 
 
