@@ -254,7 +254,9 @@ class Edge:
                 # cached list may be stale, and the answer says so
                 resp.degraded = not self.sync.connected
                 c.degraded += int(resp.degraded)
-                self._log_impressions(req, resp, segment)
+                # logged on the loop's next turn, while gRPC sends the answer; still before any
+                # later request is handled, so the local counts are never behind a request
+                asyncio.get_running_loop().call_soon(self._log_impressions, req, resp, segment)
                 return resp
         c.misses += 1
         try:

@@ -8,11 +8,13 @@ cached users keep getting (flagged) answers and cold users get UNAVAILABLE withi
 
 from __future__ import annotations
 
+import json
 import time
 
 import grpc
 import pytest
 
+from schemas import keys
 from schemas import personalization_pb2 as pb
 from schemas import personalization_pb2_grpc as pb_grpc
 from schemas.clock import Clock
@@ -21,6 +23,8 @@ from serving.config import ServeConfig
 from serving.edge_cache import cache_key
 from serving.edge_server import EdgeConfig, start_edge, stop_edge
 from serving.server import ServerThread, stop_server
+from stores import event_stream
+from stores.redis_client import get_redis
 from tests.test_serve import replay_and_deploy
 
 
@@ -69,6 +73,30 @@ def test_repeat_requests_come_from_the_cache_and_misses_go_to_the_origin(tier) -
     assert len(pool.items) > 10 and {i.item_id for i in first.items} <= set(pool.items)
     explored = _ask(stub, user, n=10)
     assert all(0 < i.propensity <= 1 for i in explored.items)
+
+
+def test_answers_from_the_cache_log_impressions_with_their_propensities(tier, redis_url) -> None:
+    """Each shown item of a cache hit reaches the origin's event stream as an impression carrying the
+    position, propensity and variant the client saw (forwarded by the edge within ~1 s)."""
+    stub = tier["stub"]
+    user = tier["users"][6]
+    _ask(stub, user, n=10)  # a miss: the origin logs this one itself
+    hit = _ask(stub, user, n=10)
+    assert hit.source == pb.SOURCE_EDGE_SCORER
+    redis = get_redis(redis_url)  # not the `redis` fixture: it would flush what the tier serves
+    deadline, logged = time.monotonic() + 5, {}
+    while time.monotonic() < deadline and len(logged) < len(hit.items):
+        for _, fields in redis.xrange(keys.EVENT_STREAM):
+            event = json.loads(fields[event_stream.FIELD.encode()])
+            if event.get("request_id") == hit.request_id:
+                logged[event["position"]] = event
+        time.sleep(0.1)
+    assert sorted(logged) == list(range(len(hit.items)))
+    for item in hit.items:
+        event = logged[item.position]
+        assert event["type"] == "impression" and event["user_id"] == user and event["item_id"] == item.item_id
+        assert event["propensity"] == pytest.approx(item.propensity) and event["variant"] == hit.variant
+    redis.close()
 
 
 def test_new_interactions_re_rank_the_cached_list(tier) -> None:
