@@ -25,7 +25,7 @@ setup(
     packages=find_packages(
         include=["pulserank*", "pipelines*", "transforms*", "serving*", "models*", "schemas*", "stores*"]
     ),
-    package_data={"schemas": ["*.proto", "*.pyi"]},
+    package_data={"schemas": ["*.proto", "*.pyi"], "stores": ["lua/*.lua"]},  # read at run time, workers too
     install_requires=_runtime_requirements(),
     entry_points={"console_scripts": ["pulserank = pulserank.cli:main"]},
 )

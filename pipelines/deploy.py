@@ -1,6 +1,6 @@
 """After training: a registry version's embeddings and features into the stores serving reads.
 
-    python -m pipelines.deploy --registry DIR [--version V] --input 'logs/*.jsonl' [--inactive-days 30]
+    python -m pipelines.deploy --registry DIR [--version V] --input 'logs/*.jsonl' [--inactive-days 30] [--idle-days 90]
         [--vector-store embedded:///dir | http://weaviate:8080] [--redis-url URL] [--as-of T] [Beam options]
 
 `--version` defaults to the registry's `production` alias. Everything is computed from the event
@@ -21,7 +21,8 @@ out), with the version's ONNX files only: onnxruntime, no TensorFlow in this pro
    same row serving builds): **all** users when this version was never deployed before
    (`keys.DEPLOYED_MODELS`), and on every run the inactive ones — no event for `--inactive-days`.
    Stored in `keys.user_batch_embedding(user)` (fields `vec:<version>`, `as_of:<version>`) and,
-   unless `--no-users-collection`, in `vector_collection(USERS, version)`.
+   unless `--no-users-collection`, in `vector_collection(USERS, version)`. Users idle longer than
+   `--idle-days` (default 90) get no seen set and no embedding: `pulserank prune` drops their keys.
 
    How serving picks the user vector for the active version (`stores.deployment.prefer_batch_embedding`):
    the batch embedding while the user has no interaction after its `as_of` (the newest entry of
@@ -80,7 +81,7 @@ from schemas.clock import Clock, InstantError, clock_from, default_clock, format
 from schemas.content_contract import MODEL_FILE, ContentContract, catalog_inputs
 from schemas.events import Event, EventError, EventType, parse_event
 from schemas.features import FeatureConfig
-from stores import deployment
+from stores import deployment, retention
 from stores.feature_store import Write
 from stores.redis_client import get_redis
 from stores.redis_client import redis_url as default_redis_url
@@ -366,22 +367,32 @@ def user_embeddings(models: Models, log: LogView, users: Sequence[str]) -> np.nd
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
-def users_to_embed(log: LogView, first_deployment: bool, inactive_days: float) -> tuple[list[str], list[str]]:
+def users_to_embed(log: LogView, first_deployment: bool, inactive_days: float,
+                   idle_days: float | None = None) -> tuple[list[str], list[str]]:
     """(users to embed, inactive users): every user on a version's first deployment, else the
-    users with no event in the last `inactive_days` (as of the clock)."""
+    users with no event in the last `inactive_days` (as of the clock). Users idle longer than
+    `idle_days` are in neither: the idle-user prune (stores/retention.py) drops their keys."""
     cutoff = log.now_ms - inactive_days * DAY_MS
-    users = sorted(log.last_seen)
+    users = kept_users(log, idle_days)
     inactive = [u for u in users if log.last_seen[u] < cutoff]
     return (users if first_deployment else inactive), inactive
 
 
+def kept_users(log: LogView, idle_days: float | None) -> list[str]:
+    """The log's users not idle longer than `idle_days` as of the clock (None: all), sorted."""
+    if idle_days is None:
+        return sorted(log.last_seen)
+    cutoff = log.now_ms - retention.idle_ttl_ms(idle_days)
+    return sorted(u for u, last in log.last_seen.items() if last >= cutoff)
+
+
 def deploy_users(models: Models, log: LogView, client: redis.Redis, store: VectorStore | None,
-                 inactive_days: float, report: DeployReport) -> None:
+                 inactive_days: float, report: DeployReport, idle_days: float | None = None) -> None:
     report.first_deployment = not deployment.is_deployed(client, models.name)
-    todo, inactive = users_to_embed(log, report.first_deployment, inactive_days)
+    todo, inactive = users_to_embed(log, report.first_deployment, inactive_days, idle_days)
     report.users, report.users_inactive = len(log.last_seen), len(inactive)
     deployment.write_seen(client, {u: {item: ts for ts, _, item in sorted(log.positives.get(u, ()))}
-                                     for u in log.last_seen})
+                                     for u in kept_users(log, idle_days)})
     if not todo:
         return
     vectors = user_embeddings(models, log, todo)
@@ -456,12 +467,15 @@ def rederive_bandit(globs: Sequence[str], url: str, config: FeatureConfig, now_m
 def deploy(root: str, version: str | None, globs: Sequence[str] | str, redis_url: str | None = None,
            vector_store: str | None = None, inactive_days: float = 30.0, *, clock: Clock | None = None,
            bandit: bool = True, users_collection: bool = True, bandit_half_life_hours: float | None = None,
-           beam_args: Sequence[str] = (), out=sys.stdout) -> DeployReport:
+           beam_args: Sequence[str] = (), out=sys.stdout,
+           idle_days: float | None = retention.DEFAULT_IDLE_DAYS) -> DeployReport:
     """Deploys a registry version (None: production) from the logs `globs`; see the module docstring."""
     if isinstance(globs, str):
         globs = [g for g in globs.split(",") if g]
     if not inactive_days >= 0:
         raise DeployError(f"--inactive-days must be a number of days >= 0, got {inactive_days!r}")
+    if idle_days is not None and not idle_days > 0:
+        raise DeployError(f"--idle-days must be a number of days > 0, got {idle_days!r}")
     if bandit_half_life_hours is not None and not bandit_half_life_hours > 0:
         raise DeployError(f"--bandit-half-life-hours must be > 0, got {bandit_half_life_hours!r}")
     now = (clock or default_clock()).now_ms()
@@ -494,7 +508,8 @@ def deploy(root: str, version: str | None, globs: Sequence[str] | str, redis_url
             with _stage(report, "items", out):
                 deploy_items(models, log, client, store, report)
             with _stage(report, "users", out):
-                deploy_users(models, log, client, store if users_collection else None, inactive_days, report)
+                deploy_users(models, log, client, store if users_collection else None, inactive_days, report,
+                             idle_days)
         finally:
             store.close()
         if bandit:
@@ -521,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="event-log glob(s), comma-separated (JSONL, .jsonl.gz, Parquet)")
     p.add_argument("--inactive-days", type=float, default=30.0,
                    help="users with no event for this long get a fresh batch embedding on every run (default 30)")
+    p.add_argument("--idle-days", type=float, default=retention.DEFAULT_IDLE_DAYS,
+                   help="users idle longer get no seen set or batch embedding: the idle-user prune drops them "
+                        f"(default {retention.DEFAULT_IDLE_DAYS:g})")
     p.add_argument("--vector-store", default=None, help="embedded:///dir or http://weaviate:8080 "
                                                          "(default: $PULSERANK_VECTOR_STORE, else ./out/vectors)")
     p.add_argument("--redis-url", default=None, help="default: REDIS_URL, else an embedded server")
@@ -543,7 +561,7 @@ def run(argv: list[str] | None = None) -> int:
     try:
         deploy(args.registry, args.version, args.input, args.redis_url, args.vector_store, args.inactive_days,
                clock=clock, bandit=not args.no_bandit, users_collection=not args.no_users_collection,
-               bandit_half_life_hours=args.bandit_half_life_hours, beam_args=beam_args)
+               bandit_half_life_hours=args.bandit_half_life_hours, beam_args=beam_args, idle_days=args.idle_days)
     except DeployError as exc:
         print(f"pulserank deploy: {exc}", file=sys.stderr)
         return 2

@@ -25,6 +25,9 @@ One micro-batch, in this order (each step only after the previous one succeeded)
    the batch's stream ids, rewritten identically on redelivery) and the archived mark is raised;
 6. acknowledge the entries, then trim the stream below what is both archived and acknowledged.
 
+Between batches, every `--prune_every_s` (wall seconds), users idle longer than `--idle_days` by
+the driver's clock lose every feature key (`stores/retention.py`), so idle users stay bounded.
+
 Duplicates further apart than the horizon (in wall time, the marker's TTL) are merged twice, as
 in any streaming dedupe; the lake then holds both and a replay of it keeps one. Which copy of a
 duplicate wins: the first merged in live mode, the earliest by event time in a batch replay (the
@@ -52,9 +55,9 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from pipelines.options import FeatureOptions, feature_config
 from pipelines.replay import build_features
 from schemas import keys
-from schemas.clock import AS_OF_ENV, clock_from
+from schemas.clock import AS_OF_ENV, clock_from, default_clock
 from schemas.events import Event, EventError, try_parse_event
-from stores import event_stream, lake
+from stores import event_stream, lake, retention
 from stores.redis_client import get_redis, redis_url
 from stores.vector_sink import drain, is_embedded
 from transforms.parse import NAMESPACE, ParseEvents
@@ -80,6 +83,10 @@ class LiveOptions(FeatureOptions, PipelineOptions):  # see pipelines/options.py
         parser.add_argument("--quiet", action="store_true", help="no per-batch progress lines")
         parser.add_argument("--max_failures", type=int, default=3,
                             help="consecutive failed micro-batches to retry (redelivered whole) before giving up")
+        parser.add_argument("--idle_days", type=float, default=retention.DEFAULT_IDLE_DAYS,
+                            help="drop users idle this long by the clock (stores/retention.py; 0: never)")
+        parser.add_argument("--prune_every_s", type=float, default=3600.0,
+                            help="run the idle-user prune this often while live (wall seconds)")
         parser.add_argument("--crash_after_batches", type=int, default=0,
                             help="TEST HOOK: os._exit(137) during batch N (1-based), at --crash_point")
         parser.add_argument("--crash_point", choices=CRASH_POINTS, default="merge",
@@ -220,6 +227,7 @@ class LiveDriver:
         self.runner = _ReusableRunner()
         self.batches_done = 0
         self.vectors_synced = 0
+        self.pruned_at = time.monotonic()  # the first prune comes one period after the start
 
     def close(self) -> None:
         self.client.close()
@@ -322,6 +330,17 @@ class LiveDriver:
             print(f"crash hook: exiting during batch {number} after {point}", flush=True)
             os._exit(CRASH_EXIT_CODE)  # like a SIGKILL: no cleanup, no acknowledgement
 
+    def maybe_prune(self) -> retention.PruneResult | None:
+        """Every `--prune_every_s`: drop users idle longer than `--idle_days` by the process clock."""
+        opts = self.opts
+        if not opts.idle_days or time.monotonic() - self.pruned_at < opts.prune_every_s:
+            return None
+        self.pruned_at = time.monotonic()
+        result = retention.prune_idle_users(self.client, default_clock(), retention.idle_ttl_ms(opts.idle_days))
+        if not opts.quiet:
+            print(f"live: idle-user prune: {result.summary()}", flush=True)
+        return result
+
     def step(self) -> BatchStats | None:
         """Reads and processes one micro-batch; None when nothing arrived within `--block_ms`."""
         t = time.perf_counter()
@@ -344,6 +363,7 @@ class LiveDriver:
         failures = 0
         while not (opts.max_batches and len(result.batches) >= opts.max_batches):
             try:
+                self.maybe_prune()
                 stats = self.step()
                 failures = 0
             except Exception as err:  # noqa: BLE001 — the unacknowledged batch comes back whole next step

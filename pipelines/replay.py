@@ -4,6 +4,9 @@ Analysts use it to rebuild state from logs, and it is the backfill: `--from/--un
 event time, so a backfill can stop exactly where live traffic began. Run with Beam's options:
 
     python -m pipelines.replay --input 'data/ml/*.jsonl' --as_of 1998-04-23T00:00:00Z
+
+Exit codes: 0 done, 1 the counts do not reconcile, 3 a Redis Cluster master is unreachable (the
+message names its slots; re-run once it is back: guarded merges make the re-run a clean run).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pipelines.gc_tuning import relaxed_gc
 from pipelines.options import FeatureOptions, feature_config
 from schemas.clock import AS_OF_ENV, clock_from, parse_instant
 from schemas.features import FeatureConfig
-from stores.redis_client import get_redis, redis_url
+from stores.redis_client import ClusterUnavailable, check_cluster, get_redis, redis_url
 from stores.vector_sink import drain, is_embedded
 from transforms.content import ContentVectors, WriteContentVectors
 from transforms.features import Catalog, ComputeFeatures, RouteEvents
@@ -114,8 +117,12 @@ def run(argv: list[str] | None = None) -> ReplayResult:
     p = beam.Pipeline(options=options)
     build(p, opts, url)
     with relaxed_gc():  # an allocation-heavy run: see pipelines/gc_tuning.py
-        result = p.run()
-        result.wait_until_finish()
+        try:
+            result = p.run()
+            result.wait_until_finish()
+        except Exception as exc:
+            check_cluster(url, exc)  # a Redis Cluster with unreachable slots: say which
+            raise
     counters = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
     totals: dict[str, int] = {}
     for c in counters:
@@ -125,6 +132,10 @@ def run(argv: list[str] | None = None) -> ReplayResult:
 
 
 if __name__ == "__main__":
-    res = run(sys.argv[1:])
+    try:
+        res = run(sys.argv[1:])
+    except ClusterUnavailable as exc:
+        print(f"replay failed: {exc}", file=sys.stderr)
+        sys.exit(3)
     print(res.summary())
     sys.exit(0 if res.reconciles else 1)

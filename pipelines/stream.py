@@ -38,6 +38,7 @@ from collections.abc import Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.portability.portable_runner import PortableRunner
 
 from pipelines.options import FeatureOptions, feature_config
 from schemas.clock import AS_OF_ENV, clock_from
@@ -161,11 +162,16 @@ class WriteDeadLetterTopic(beam.PTransform):
                                                opts.dead_letter_topic, expansion_service=self.service))
 
 
-def validate(opts: StreamOptions) -> None:
+def validate(opts: StreamOptions, runner: object | None = None) -> None:
     if opts.source is None:
         raise ValueError("stream needs --source pubsub|kafka")
     if opts.source == "pubsub" and not opts.subscription:
         raise ValueError("--source pubsub needs --subscription projects/P/subscriptions/S")
+    if opts.source == "pubsub" and isinstance(runner, PortableRunner):
+        # Refused here: Flink would accept the job and fail it while translating the read.
+        raise ValueError(f"--source pubsub runs on DataflowRunner (or a direct runner), not {type(runner).__name__}: "
+                         "Beam's Python Pub/Sub read is native to Dataflow and portable runners cannot translate it "
+                         "(apache/beam#20143); on Flink use --source kafka")
     if opts.source == "kafka" and not (opts.kafka_bootstrap_servers and opts.kafka_topic):
         raise ValueError("--source kafka needs --kafka_bootstrap_servers and --kafka_topic")
 
@@ -177,7 +183,7 @@ def build(p: beam.Pipeline, opts: StreamOptions, url: str, source: beam.PTransfo
     """
     service = expansion_service(opts.expansion_service) if opts.source == "kafka" else None
     if source is None:
-        validate(opts)
+        validate(opts, p.runner)
         if opts.source == "pubsub":
             source = ReadPubSubLines(opts.subscription, opts.timestamp_attribute)
         else:

@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +32,10 @@ from models import registry
 from models.examples import CATEGORIES_LEN, CONTEXT, HISTORY_LEN, RECENT_LEN, SERVING_HISTORY_LEN
 from schemas.content_contract import MODALITIES, MODEL_FILE, ContentContract, catalog_inputs
 from schemas.events import Event, parse_event
+
+if TYPE_CHECKING:
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
 
 DEFAULT_CONTENT_DIM = 512
 DEFAULT_MODALITY_DIM = 64
@@ -89,44 +94,61 @@ class Prepared:
     catalog_path: str
 
 
-def preprocess(globs: list[str], held_out: list[tuple[str, str]], workdir: str, beam_args: list[str]) -> Prepared:
-    """The Beam + TFT step: point-in-time examples, analysed and transformed; the latest catalog rows."""
+def preprocess_options(beam_args: list[str]) -> PipelineOptions:
+    """Beam options for the preprocessing pipeline (FnApiRunner unless a runner is named)."""
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    options = PipelineOptions(beam_args)
+    if options.view_as(StandardOptions).runner is None:
+        options.view_as(StandardOptions).runner = "FnApiRunner"  # not Prism: it downloads a binary
+    return options
+
+
+def build_preprocess(p: beam.Pipeline, globs: list[str], held_out: list[tuple[str, str]], workdir: str) -> Prepared:
+    """The Beam + TFT graph on `p`, built but not run, so a runner's graph can be checked without data.
+
+    Call inside `tft_beam.Context(temp_dir=...)`: TFT traces `preprocessing_fn` while building.
+    """
     import apache_beam as beam
     import tensorflow_transform as tft
     import tensorflow_transform.beam as tft_beam
-    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
     from tensorflow_transform.tf_metadata import dataset_metadata
 
     from models.preprocess import preprocessing_fn, raw_feature_spec
     from transforms.parse import ParseEvents, ReadEventLines
     from transforms.training import CatalogRows, PointInTimeExamples
 
-    options = PipelineOptions(beam_args)
-    if options.view_as(StandardOptions).runner is None:
-        options.view_as(StandardOptions).runner = "FnApiRunner"  # not Prism: it downloads a binary
     spec = raw_feature_spec()
     metadata = dataset_metadata.DatasetMetadata.from_feature_spec(spec)
     out = Prepared(os.path.join(workdir, "transform"), os.path.join(workdir, "examples-*.tfrecord"),
                    os.path.join(workdir, "catalog.jsonl"))
-    with beam.Pipeline(options=options) as p, tft_beam.Context(temp_dir=os.path.join(workdir, "tft-tmp")):
-        events = (p | "Read" >> ReadEventLines(globs) | "Parse" >> ParseEvents())["events"]
-        catalog = events | "Catalog" >> CatalogRows()
-        held = p | "HeldOut" >> beam.Create(held_out)
-        raw = (events
-               | "Examples" >> PointInTimeExamples(catalog, held)
-               | "RawFeatures" >> beam.Map(lambda row: {k: row[k] for k in spec}))
-        (transformed, transformed_meta), transform_fn = (
-            (raw, metadata) | "AnalyzeAndTransform" >> tft_beam.AnalyzeAndTransformDataset(preprocessing_fn))
-        coder = tft.coders.ExampleProtoCoder(transformed_meta.schema)
-        (transformed
-         | "Encode" >> beam.Map(coder.encode)
-         | "WriteExamples" >> beam.io.WriteToTFRecord(os.path.join(workdir, "examples"),
-                                                      file_name_suffix=".tfrecord"))
-        _ = transform_fn | "WriteTransform" >> tft_beam.WriteTransformFn(out.transform_dir)
-        (catalog
-         | "CatalogJson" >> beam.Map(lambda kv: json.dumps(kv[1].to_dict(), sort_keys=True))
-         | "WriteCatalog" >> beam.io.WriteToText(out.catalog_path, shard_name_template=""))
+    events = (p | "Read" >> ReadEventLines(globs) | "Parse" >> ParseEvents())["events"]
+    catalog = events | "Catalog" >> CatalogRows()
+    held = p | "HeldOut" >> beam.Create(held_out)
+    raw = (events
+           | "Examples" >> PointInTimeExamples(catalog, held)
+           | "RawFeatures" >> beam.Map(lambda row: {k: row[k] for k in spec}))
+    (transformed, transformed_meta), transform_fn = (
+        (raw, metadata) | "AnalyzeAndTransform" >> tft_beam.AnalyzeAndTransformDataset(preprocessing_fn))
+    coder = tft.coders.ExampleProtoCoder(transformed_meta.schema)
+    (transformed
+     | "Encode" >> beam.Map(coder.encode)
+     | "WriteExamples" >> beam.io.WriteToTFRecord(os.path.join(workdir, "examples"), file_name_suffix=".tfrecord"))
+    _ = transform_fn | "WriteTransform" >> tft_beam.WriteTransformFn(out.transform_dir)
+    (catalog
+     | "CatalogJson" >> beam.Map(lambda kv: json.dumps(kv[1].to_dict(), sort_keys=True))
+     | "WriteCatalog" >> beam.io.WriteToText(out.catalog_path, shard_name_template=""))
     return out
+
+
+def preprocess(globs: list[str], held_out: list[tuple[str, str]], workdir: str, beam_args: list[str]) -> Prepared:
+    """The Beam + TFT step: point-in-time examples, analysed and transformed; the latest catalog rows."""
+    import apache_beam as beam
+    import tensorflow_transform.beam as tft_beam
+
+    with (beam.Pipeline(options=preprocess_options(beam_args)) as p,
+          tft_beam.Context(temp_dir=os.path.join(workdir, "tft-tmp"))):
+        return build_preprocess(p, globs, held_out, workdir)
 
 
 def load_examples(prepared: Prepared, tft_output):

@@ -42,7 +42,7 @@ def _data_fetch(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace, beam_args: list[str]) -> int:
     from pipelines.replay import run
     from pulserank.replay_report import format_report, run_with_progress
-    from stores.redis_client import redis_url
+    from stores.redis_client import ClusterUnavailable, redis_url
 
     url = args.redis_url or redis_url()
     argv = ["--input", args.input, "--dead_letters", args.dead_letters, "--redis_url", url]
@@ -53,7 +53,11 @@ def _replay(args: argparse.Namespace, beam_args: list[str]) -> int:
         if value is not None:
             argv += [flag, str(value)]
     globs = [g for g in args.input.split(",") if g]
-    result = run_with_progress(lambda: run([*argv, *beam_args]), globs, url)
+    try:
+        result = run_with_progress(lambda: run([*argv, *beam_args]), globs, url)
+    except ClusterUnavailable as exc:  # a master of a Redis Cluster is gone: name its slots, no traceback
+        print(f"pulserank replay: {exc}", file=sys.stderr)
+        return 3
     print(format_report(result, args.dead_letters))
     if not result.reconciles:
         print("pulserank replay: the counts do not reconcile (read ≠ written + dead letters + duplicates"
@@ -92,6 +96,29 @@ def _inspect(args: argparse.Namespace, beam_args: list[str]) -> int:
         return 0
     finally:
         client.close()
+
+
+def _prune(args: argparse.Namespace, _: list[str]) -> int:
+    from schemas.clock import default_clock
+    from stores import retention
+    from stores.redis_client import get_redis, redis_url
+
+    days = retention.DEFAULT_IDLE_DAYS if args.idle_days is None else args.idle_days
+    try:
+        idle_ms = retention.idle_ttl_ms(days)
+    except ValueError as exc:
+        print(f"pulserank prune: --idle-days: {exc}", file=sys.stderr)
+        return 2
+    if not (args.redis_url or os.environ.get("REDIS_URL")):
+        print("pulserank prune: no REDIS_URL or --redis-url; a fresh embedded Redis is empty", file=sys.stderr)
+    clock = default_clock()  # --as-of (PULSERANK_AS_OF), else wall time
+    client = get_redis(args.redis_url or redis_url())
+    try:
+        result = retention.prune_idle_users(client, clock, idle_ms)
+    finally:
+        client.close()
+    print(f"prune as of {clock.describe()}, idle TTL {days:g} days: {result.summary()}")
+    return 0
 
 
 def _live(args: argparse.Namespace, pipeline_args: list[str]) -> int:
@@ -220,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("--redis-url", default=None, help="default: REDIS_URL")
     inspect.set_defaults(handler=_inspect)
+
+    prune = sub.add_parser("prune", help="drop every feature key of users idle longer than --idle-days "
+                                         "(by the clock: --as-of, else wall time)")
+    prune.add_argument("--idle-days", type=float, default=None, help="the idle TTL in days (default 90)")
+    prune.add_argument("--redis-url", default=None, help="default: REDIS_URL")
+    prune.set_defaults(handler=_prune)
 
     passthrough = "options are the pipeline's own (python -m pipelines.{0} --help), passed through"
     live = sub.add_parser("live", help="local live mode: Redis Stream micro-batches → features",

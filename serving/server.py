@@ -144,7 +144,7 @@ class Origin:
     """Everything one origin server holds: stores, models per A/B variant, publisher, reasoner."""
 
     def __init__(self, config: ServeConfig, clock: Clock | None = None, store=None, seed: int | None = None) -> None:
-        from stores.redis_client import redis_url
+        from stores.redis_client import get_async_redis, get_redis, redis_url
         from stores.vector_store import open_vector_store
 
         self.config = config
@@ -155,8 +155,8 @@ class Origin:
         # Redis restart requests would keep failing on stale connections instead of reconnecting.
         common = {"socket_timeout": REDIS_TIMEOUT_S, "socket_connect_timeout": REDIS_TIMEOUT_S,
                   "maint_notifications_config": MaintNotificationsConfig(enabled=False)}
-        self.redis = aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **common)
-        self.redis_sync = redis.Redis.from_url(url, **common)
+        self.redis = get_async_redis(url, retry=Retry(NoBackoff(), 0), **common)  # a cluster URL too
+        self.redis_sync = get_redis(url, **common)
         self.store = store if store is not None else open_vector_store(config.vector_store)
         self.experiment = ab.load_experiment(config.experiment)
         self.metrics = ServingMetrics()

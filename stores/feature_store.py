@@ -20,6 +20,7 @@ import redis
 from schemas import keys
 from schemas.clock import Clock, default_clock
 from schemas.features import FeatureConfig
+from stores.redis_client import is_cluster
 from transforms.summaries import decay, recent, sessions, windows
 from transforms.summaries.decay import Decayed
 
@@ -81,6 +82,7 @@ class FeatureStore:
             for name in ("merge_counts", "merge_recent", "merge_decayed", "merge_trending", "merge_sessions",
                          "upsert_item")
         }
+        self._cluster = is_cluster(client)
 
     # -- writes ---------------------------------------------------------------------------------
 
@@ -90,7 +92,7 @@ class FeatureStore:
         for w in writes:
             self._queue(pipe, w)
         result = ApplyResult(decayed={})
-        for w, reply in zip(writes, pipe.execute(), strict=True):
+        for w, reply in zip(writes, self._execute(pipe, writes), strict=True):
             if w.kind == "decayed":
                 merged, pairs = reply[0], reply[1:]
                 if merged:
@@ -105,10 +107,41 @@ class FeatureStore:
                 result.skipped += 1
         return result
 
+    def _execute(self, pipe: Any, writes: Sequence[Write]) -> list[Any]:
+        """`pipe.execute()`; on a cluster, first loads the scripts on a master that lacks them (a new
+        or restarted one) and re-sends just the calls it refused. NOSCRIPT means the call did not run."""
+        if not self._cluster:
+            return pipe.execute()
+        replies = pipe.execute(raise_on_error=False)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, redis.exceptions.NoScriptError)]
+        if missing:
+            for script in self._scripts.values():
+                self.client.script_load(script.script)  # SCRIPT LOAD goes to every master
+            again = self.client.pipeline(transaction=False)
+            for i in missing:
+                self._queue(again, writes[i])
+            for i, reply in zip(missing, again.execute(raise_on_error=False), strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    def _run(self, pipe: Any, name: str, keys_: list[str], args: list[Any]) -> None:
+        """Queues script `name`. On a cluster EVALSHA goes straight to the master of its keys' slot
+        (one slot: hash tags): redis-py's cluster pipeline refuses `Script` calls, and would ask a
+        server for the keys of every EVALSHA (COMMAND GETKEYS) to route it."""
+        script = self._scripts[name]
+        if self._cluster:
+            node = self.client.get_node_from_key(keys_[0])
+            pipe.execute_command("EVALSHA", script.sha, len(keys_), *keys_, *args, target_nodes=node)
+        else:
+            script(keys=keys_, args=args, client=pipe)
+
     def _queue(self, pipe: redis.client.Pipeline, w: Write) -> None:
         guard = keys.guard(w.key, w.summary_id)
         ttl = self.guard_ttl_s
-        run = self._scripts
+        run = self._run
         if w.kind == "counts":
             now = self.clock.now_ms()
             keep = {code: (now - span) // width for code, (width, span, _) in windows.GRANULARITIES.items()}
@@ -116,37 +149,37 @@ class FeatureStore:
             for field, n in sorted(w.payload.items()):
                 if not _pruned_on_merge(field, keep):
                     args += [field, int(n)]
-            run["merge_counts"](keys=[guard, w.key], args=args, client=pipe)
+            run(pipe, "merge_counts", [guard, w.key], args)
         elif w.kind == "recent":
             args = [ttl, recent.K]
             for ts, member in w.payload:
                 args += [ts, member]
-            run["merge_recent"](keys=[guard, w.key], args=args, client=pipe)
+            run(pipe, "merge_recent", [guard, w.key], args)
         elif w.kind == "decayed":
             tau, fields = w.payload
             args = [ttl, int(tau or 0)]
             for field, d in sorted(fields.items()):
                 args += [field, encode_decayed(d)]
-            run["merge_decayed"](keys=[guard, w.key], args=args, client=pipe)
+            run(pipe, "merge_decayed", [guard, w.key], args)
         elif w.kind == "trending":
             tau, items = w.payload
             landmark = max(d.landmark_ms for d in items.values())
             args = [ttl, int(tau), landmark]
             for item_id, d in sorted(items.items()):
                 args += [item_id, _fmt(decay.rescale(d, landmark, tau)[0])]
-            run["merge_trending"](keys=[guard, w.key, keys.landmark_of(w.key)], args=args, client=pipe)
+            run(pipe, "merge_trending", [guard, w.key, keys.landmark_of(w.key)], args)
         elif w.kind == "sessions":
             prune_before = self.clock.now_ms() - sessions.KEEP_MS - sessions.GAP_MS
             args = [ttl, sessions.GAP_MS, prune_before]
             for field, s in sorted(w.payload.items()):
                 args += [field, _session_json(s)]
-            run["merge_sessions"](keys=[guard, w.key], args=args, client=pipe)
+            run(pipe, "merge_sessions", [guard, w.key], args)
         elif w.kind == "item":
             ts, event_id, fields = w.payload
             args = [ts, event_id]
             for field, value in sorted(fields.items()):
                 args += [field, value]
-            run["upsert_item"](keys=[w.key], args=args, client=pipe)
+            run(pipe, "upsert_item", [w.key], args)
         else:
             raise ValueError(f"unknown write kind {w.kind!r}")
 

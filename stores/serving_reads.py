@@ -3,7 +3,8 @@
 `fetch_context` reads everything about one user (per-user keys share a hash tag, so on a
 cluster it is one slot); `fetch_items` reads what ranking, filters and Thompson sampling need
 about the candidates — the model version's item features, the catalogue attributes and the
-bandit rows of the segment and the global row.
+bandit rows of the segment and the global row. On a Redis Cluster the same pipelines work:
+redis-py's cluster pipeline sends each node its slots' commands, all nodes at once.
 """
 
 from __future__ import annotations
@@ -100,9 +101,10 @@ async def fetch_items(client: aioredis.Redis, version: str | None, item_ids: Seq
         pipe.hgetall(keys.item_model_features(item_id, version))
     for item_id in a_ids:
         pipe.hgetall(keys.item_attributes(item_id))
-    pipe.hmget(keys.bandit(segment), ids) if ids else pipe.ping()
-    pipe.hmget(keys.bandit(keys.GLOBAL_SEGMENT), ids) if ids else pipe.ping()
-    replies = await pipe.execute()
+    if ids:  # nothing else to queue: a cluster pipeline refuses keyless commands (PING)
+        pipe.hmget(keys.bandit(segment), ids)
+        pipe.hmget(keys.bandit(keys.GLOBAL_SEGMENT), ids)
+    replies = await pipe.execute() if f_ids or a_ids or ids else []
     nf, na = len(f_ids), len(a_ids)
     feats = {i: ItemFeatures.from_fields(i, raw) for i, raw in zip(f_ids, replies[:nf], strict=True) if raw}
     attrs = {i: {k.decode(): v.decode() for k, v in raw.items()}

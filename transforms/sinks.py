@@ -7,13 +7,14 @@ import zlib
 
 import apache_beam as beam
 import numpy as np
+import redis
 from apache_beam.metrics import Metrics
 
 from schemas import keys
 from schemas.features import FeatureConfig
 from stores import event_stream
 from stores.feature_store import FeatureStore, Write
-from stores.redis_client import get_redis
+from stores.redis_client import check_cluster, get_redis
 from stores.vector_sink import VectorUpsert, enqueue, is_embedded, write
 from transforms.parse import NAMESPACE
 
@@ -63,13 +64,17 @@ class _ApplyWrites(beam.DoFn):
     def process(self, batch):
         _, writes = batch
         writes = list(writes)
-        result = self.store.apply(writes)
+        try:
+            result = self.store.apply(writes)
+            upserts = vector_upserts(writes, result.decayed, self.config)
+            if self.vectors is None:
+                enqueue(self.client, upserts)
+        except redis.RedisError as exc:
+            check_cluster(self.redis_url, exc)  # on a cluster: names the slots whose master is gone
+            raise
         self.merged.inc(result.merged)
         self.skipped.inc(result.skipped)
-        upserts = vector_upserts(writes, result.decayed, self.config)
-        if self.vectors is None:
-            enqueue(self.client, upserts)
-        else:
+        if self.vectors is not None:
             write(self.vectors, upserts)
         yield len(writes)
 
