@@ -11,16 +11,15 @@ like the origin) runs in a third process, subscribed to the origin's sync stream
 
 Targets, each measured with one client back to back (x1: latency that never queues) and at a
 modest fixed Poisson rate (`--rate`, latency from the scheduled send time). The default is 25/s:
-the origin alone saturates near 80/s on this 2-core machine, but an all-miss load costs it more
-(a pool of 100 per miss, plus the 20 impressions per answer the edge forwards) while the edge
-shares the cores, so at 50/s most misses outlive the edge's 200 ms origin deadline (UNAVAILABLE).
-Personalize(n = `--n`) for users of the log in their last segment:
-- edge miss: every request a fresh `context.surface`, so its cache key is new and the edge asks an
-  origin for the user's pool (n = 100, exploration off), caches it, re-scores and samples it;
-- edge hit: `--hit-users` users whose (user, "home", segment) lists were cached beforehand;
+the origin alone saturates near 80/s on this 2-core machine, and the edge, Redis and this client
+share the same two cores. Personalize(n = `--n`) for users of the log in their last segment:
+- edge miss: every request a fresh `context.surface`, so its cache key is new and the edge passes
+  the request to an origin with `include_pool` (the origin's answer goes back, its pool is cached);
+- edge hit: `--hit-users` users whose (user, "home", segment) lists were cached beforehand, after
+  the edge calibrated its n0 on them (it does once it has re-ranked 64 pools);
 - edge hit, exploration off (x1 only): the same minus the bandit — what the Thompson step costs;
 - origin: the same users and requests as the misses, straight to the origin;
-- origin pool: what a miss asks the origin for (n = 100, exploration off);
+- origin + pool: the same with `include_pool`, what a miss asks an origin for;
 - echo: the floor (a grpc.aio server returning its request bytes).
 Every response's `source` is counted, so a "hit" run that went to the origin shows. CPU per
 request is the server process's own (the edge's, for edge rows). After an edge run the edge's
@@ -124,6 +123,7 @@ async def measure(addrs: dict[str, str], pids: dict[str, int], users: list[str],
         for r in fill:
             await edge.call(r, timeout=5.0)
         await closed_loop(edge, fill, 2, 2.0)
+        await asyncio.sleep(6.0)  # the edge calibrates n0 on the pools it re-ranked (background, ~1–2 s)
         sources.clear()
 
         hits = requests_for(list(rng.choice(hit_users, per_load)), segments, args.n, HIT_SURFACE)
@@ -136,11 +136,13 @@ async def measure(addrs: dict[str, str], pids: dict[str, int], users: list[str],
             misses = requests_for(picks, segments, args.n, None)
             for r in misses:
                 r.context.surface = f"{load}-{r.context.surface}"
-            pool = requests_for(picks, segments, 100, "home", True)
+            pool = requests_for(picks, segments, args.n, None)
+            for r in pool:
+                r.include_pool = True
             plan = [("edge miss", edge, misses), ("edge hit", edge, hits)]
             if k == 0:
                 plan.append(("edge hit, no explore", edge, hits_off))
-            plan += [("origin", origin, misses), ("origin pool n=100", origin, pool), ("echo", echo, misses)]
+            plan += [("origin", origin, misses), ("origin + pool", origin, pool), ("echo", echo, misses)]
             for name, t, reqs in plan:
                 if t is origin:
                     await asyncio.sleep(1.5)  # the edge forwards impressions each second: let them drain
@@ -231,8 +233,9 @@ def in_process(registry_root: Path, data: Path, calls: int) -> dict[str, np.ndar
             if len(edge._outbox) > 10_000:
                 edge._outbox.clear()
 
-        for i in range(min(50, calls)):
+        for i in range(100):
             await personalize(i)
+        edge.calibrate_exploration()  # as the server does once it has re-ranked 64 pools
         times = []
         for i in range(calls):
             t0 = time.perf_counter()
