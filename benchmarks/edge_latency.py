@@ -69,11 +69,13 @@ ITEMS, SHOWN = 100, 20
 HIT_SURFACE = "home"
 
 
-def start_edge(registry_root: Path, origin_port: int, port: int, end: int) -> subprocess.Popen:
+def start_edge(registry_root: Path, origin_port: int, port: int, end: int, log: Path) -> subprocess.Popen:
+    """The edge in its own process, its log in `log` (a pipe nobody reads would fill up and stall it)."""
     cmd = [sys.executable, "-m", "pulserank.cli", "edge", "--origin", f"127.0.0.1:{origin_port}",
            "--registry", str(registry_root), "--listen", f"127.0.0.1:{port}"]
     env = {**os.environ, **CHILD_ENV, "PULSERANK_AS_OF": str(end)}
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with log.open("w") as out:
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
 
 
 def counting(target: Target, sources: Counter) -> Target:
@@ -194,7 +196,8 @@ def in_process(registry_root: Path, data: Path, calls: int) -> dict[str, np.ndar
         out[name] = np.array(times) * 1000.0
 
     scores = [scorer.score(recents[i], pools[i], probs[i]).astype(np.float64) for i in range(calls)]
-    timed(f"edge scorer, {ITEMS} items", lambda i: scorer.score(recents[i], pools[i], probs[i]))
+    bare = EdgeScorer(str(registry_root), memo_size=0)  # every call runs the ranker, as a first hit does
+    timed(f"edge scorer, {ITEMS} items", lambda i: bare.score(recents[i], pools[i], probs[i]))
     for label, n_sim, explore in (("n_sim 250 (the edge's)", 250, True), ("n_sim 100", 100, True),
                                   ("exploration off", 250, False)):
         timed(f"edge_slate {SHOWN} of {ITEMS}, {label}",
@@ -326,7 +329,8 @@ def main() -> None:
             procs.append(start_echo(echo_port))
             wait_serving(f"127.0.0.1:{port}", procs[0])
             wait_serving(f"127.0.0.1:{echo_port}", procs[1])
-            procs.append(start_edge(registry_root, port, edge_port, end))
+            edge_log = Path(tmp) / "edge.log"
+            procs.append(start_edge(registry_root, port, edge_port, end, edge_log))
             wait_serving(f"127.0.0.1:{edge_port}", procs[2])
             users = sorted(segments)
             hit_users = list(np.random.default_rng(1).choice(users, min(args.hit_users, len(users)), replace=False))
@@ -337,6 +341,9 @@ def main() -> None:
             pids = {"origin": procs[0].pid, "echo": procs[1].pid, "edge": procs[2].pid}
             rows = asyncio.run(measure(addrs, pids, users, hit_users, segments, args))
             load_after = os.getloadavg()[0]
+            calibrated = [line.split(": ", 1)[-1] for line in edge_log.read_text().splitlines()
+                          if "edge bandit" in line]
+            print("the edge's exploration: " + ("; ".join(calibrated) or "never calibrated (default n0)"), flush=True)
         finally:
             for p in reversed(procs):
                 stop(p)

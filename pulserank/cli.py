@@ -155,8 +155,18 @@ def _demo(args: argparse.Namespace, beam_args: list[str]) -> int:
     return run_demo(data=args.data, workdir=Path(args.workdir), cache_dir=Path(args.cache_dir))
 
 
+def _server_logging() -> None:
+    """Servers log what an operator acts on (model swaps and refusals, sync subscribers, the edge's
+    calibrated exploration) at INFO to stderr."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def _serve(args: argparse.Namespace, _: list[str]) -> int:
     import asyncio
+
+    _server_logging()
 
     from serving import config as serve_config
     from serving.server import serve_forever
@@ -175,6 +185,8 @@ def _serve(args: argparse.Namespace, _: list[str]) -> int:
 
 def _edge(args: argparse.Namespace, _: list[str]) -> int:
     import asyncio
+
+    _server_logging()
 
     from serving.edge_server import serve_edge_forever
 
