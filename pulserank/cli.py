@@ -149,10 +149,15 @@ def _own_parser(module: str):
     return handler
 
 
-def _demo(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from pulserank.demo import run_demo
+def _demo(args: argparse.Namespace, train_args: list[str]) -> int:
+    from pulserank.demo import DemoError, run_demo
 
-    return run_demo(data=args.data, workdir=Path(args.workdir), cache_dir=Path(args.cache_dir))
+    try:
+        return run_demo(data=args.data, workdir=Path(args.workdir), cache_dir=Path(args.cache_dir),
+                        registry=args.registry, user=args.user, intent=args.intent, train_args=train_args)
+    except DemoError as exc:  # a bad --user, --intent or --registry, named
+        print(f"pulserank demo: {exc}", file=sys.stderr)
+        return 2
 
 
 def _server_logging() -> None:
@@ -283,10 +288,18 @@ def build_parser() -> argparse.ArgumentParser:
                               "off-policy evaluation (ope), A/B click rates (ab); see pulserank evaluate --help")
     evaluate.set_defaults(handler=_own_parser("pipelines.evaluate"))
 
-    demo = sub.add_parser("demo", help="the main job on embedded defaults")
+    demo = sub.add_parser("demo", help="the whole loop on embedded defaults: data, replay, train, deploy, origin + "
+                                       "edge + live mode, a user's session shift",
+                          epilog="Other flags go to pulserank train, e.g. --tower-epochs 10.")
     demo.add_argument("--data", default="movielens100k", choices=["movielens100k", "synthetic"])
     demo.add_argument("--workdir", default="out/demo", help="where data and outputs go")
     demo.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "pulserank"))
+    demo.add_argument("--registry", default=None,
+                      help="serve this registry's production version instead of training one (e.g. out/demo/registry "
+                           "from an earlier run, trained on the same data)")
+    demo.add_argument("--user", default=None, help="the user to follow (default: a clear taste, a short history)")
+    demo.add_argument("--intent", default=None, help="the category the session shifts to (default: one the user was "
+                                                     "not shown)")
     demo.set_defaults(handler=_demo)
 
     serve = sub.add_parser("serve", help="the origin gRPC server (Personalize, RecordEvents, Explain; health, "
