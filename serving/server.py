@@ -251,9 +251,10 @@ class Origin:
 
 
 def session_of(event) -> str:
-    """The session a client names in the event's context (`extra.session`), if any."""
+    """The session a client names in the event's context (`extra.session_id`, the key the feature
+    pipelines read), if any."""
     extra = event.context.extra if event.context is not None else None
-    return str(extra.get("session", "")) if extra else ""
+    return str(extra.get("session_id", "")) if extra else ""
 
 
 def _variant(v: ab.Variant) -> Variant:

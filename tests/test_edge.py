@@ -115,6 +115,20 @@ def test_new_interactions_re_rank_the_cached_list(tier) -> None:
     assert after != before and set(after) == set(before)  # re-ranked, not re-fetched
 
 
+def test_a_new_session_sent_to_the_edge_drops_the_users_cached_lists(tier) -> None:
+    """A client names its session in `context.extra["session_id"]`, the key the feature pipelines
+    read: a new one is a material change, so the next request goes to the origin again."""
+    stub, edge = tier["stub"], tier["edge"].edge
+    user = tier["users"][7]
+    first = _ask(stub, user)
+    calls = edge.counters.origin_calls
+    assert _ask(stub, user).source == pb.SOURCE_EDGE_SCORER and edge.counters.origin_calls == calls
+    event = pb.Event(event_id="edge-session-1", ts_ms=tier["end"] + 10_000, user_id=user, type="view",
+                     item_id=first.items[0].item_id, context=pb.Context(extra={"session_id": "a-new-session"}))
+    assert stub.RecordEvents(pb.RecordEventsRequest(events=[event]), timeout=5).accepted == 1
+    assert _ask(stub, user).source == pb.SOURCE_ORIGIN and edge.counters.origin_calls == calls + 1
+
+
 def test_events_sent_to_the_origin_reach_the_edge_through_the_push_channel(tier) -> None:
     origin_stub = pb_grpc.PersonalizationStub(grpc.insecure_channel(tier["origin"].address))
     edge = tier["edge"].edge
