@@ -39,6 +39,7 @@ from stores.redis_server import (
     _death_signal_setup,
     _pid_running,
     find_redis_server,
+    terminate,
 )
 
 SLOTS = 16384
@@ -301,19 +302,8 @@ class EmbeddedCluster:
 
     def _terminate(self, node: ClusterNode, timeout: float = 5.0) -> None:
         proc, node.proc = node.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait()
-        else:
-            proc.wait()
+        if proc is not None:
+            terminate(proc, timeout)
 
     def stop(self) -> None:
         """Stops every node and removes the directory. Idempotent; a no-op in a forked child."""

@@ -139,6 +139,21 @@ def _death_signal_setup(parent_pid: int) -> None:
         os._exit(1)
 
 
+def terminate(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    """SIGTERM, wait up to `timeout`, SIGKILL if needed; always reaped (no zombie left)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+    else:
+        proc.wait()
+
+
 class EmbeddedRedis:
     """One private redis-server child process: unix socket (default) or a free loopback port.
 
@@ -345,17 +360,7 @@ class EmbeddedRedis:
             atexit.unregister(self.stop)
             proc, self._proc = self._proc, None
             if proc is not None:
-                if proc.poll() is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.terminate()
-                    try:
-                        proc.wait(timeout=timeout)
-                    except subprocess.TimeoutExpired:
-                        with contextlib.suppress(ProcessLookupError):
-                            proc.kill()
-                        proc.wait()
-                else:
-                    proc.wait()
+                terminate(proc, timeout)
             self._owner_release.set()  # lets the owner thread (if any) end
             if self._dir is not None:
                 shutil.rmtree(self._dir, ignore_errors=True)
