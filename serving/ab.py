@@ -17,8 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from serving.exploration import DEFAULT_N0
-
 DEFAULT_EXPERIMENT = "default"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _VARIANT_FIELDS = ("name", "weight", "model", "n0", "epsilon")
@@ -30,7 +28,9 @@ class Variant:
     name: str
     weight: float
     model: str = "production"  # registry alias or version this variant serves
-    n0: float = DEFAULT_N0  # Thompson prior strength on the ranker's probability (serving/exploration.py)
+    # Thompson prior strength on the ranker's probability (serving/exploration.py); None: calibrated
+    # by the server to its configured exploration share (`exploration_share`)
+    n0: float | None = None
     epsilon: float = 0.0  # share of slots given to tail items
 
 
@@ -122,8 +122,8 @@ def _variant(raw: object, path: str) -> Variant:
     model = raw.get("model", "production")
     if not isinstance(model, str) or not model.strip() or not model.isprintable():
         raise ValueError(f"{path}.model: expected a registry alias or version, got {model!r}")
-    n0 = _number(raw.get("n0", DEFAULT_N0), f"{path}.n0")
-    if n0 < 0:
+    n0 = None if raw.get("n0") is None else _number(raw["n0"], f"{path}.n0")
+    if n0 is not None and n0 < 0:
         raise ValueError(f"{path}.n0: must be ≥ 0, got {n0:g}")
     epsilon = _number(raw.get("epsilon", 0.0), f"{path}.epsilon")
     if not 0.0 <= epsilon < 1.0:

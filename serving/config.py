@@ -18,7 +18,7 @@ import yaml
 from serving.personalize import SOURCES, ServingSizes
 
 _TOP = {"listen", "registry", "redis_url", "vector_store", "metrics_port", "tls", "retrieval", "api_keys",
-        "experiment", "llm", "events", "as_of", "n_sim"}
+        "experiment", "llm", "events", "as_of", "n_sim", "exploration_share"}
 
 
 class ConfigError(ValueError):
@@ -43,6 +43,7 @@ class ServeConfig:
     as_of: str | None = None
     n_sim: int = 250  # Monte-Carlo draws per propensity: error ≤ 0.03, ~1.7 ms for 20 of 100
     sync_full_every_s: float = 30.0  # full snapshots on the edges' push channel
+    exploration_share: float = 0.12  # what variants without an n0 of their own are calibrated to
 
     @property
     def loopback(self) -> bool:
@@ -93,4 +94,11 @@ def load(path: str | None, overrides: dict[str, Any] | None = None) -> ServeConf
         api_keys=raw.get("api_keys"), experiment=raw.get("experiment"), llm=raw.get("llm"), events=raw.get("events"),
         as_of=None if raw.get("as_of") is None else str(raw["as_of"]),
         n_sim=_int(raw, "n_sim", 250, "serve"),
+        exploration_share=_share(raw.get("exploration_share", ServeConfig.exploration_share)),
     )
+
+
+def _share(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value < 1.0:
+        raise ConfigError(f"exploration_share: expected a share of shown items in (0, 1), got {value!r}")
+    return float(value)

@@ -172,7 +172,8 @@ class Origin:
         for alias in sorted({v.model for v in self.experiment.variants}):
             active = ActiveModel(config.registry, alias, ready=self._deployed, poll_secs=1.0)
             self.models[alias] = Personalizer(self.redis, self.store, active, self.clock, config.sizes,
-                                              config.sources, n_sim=config.n_sim, seed=seed)
+                                              config.sources, n_sim=config.n_sim, seed=seed,
+                                              exploration_share=config.exploration_share)
         self._pending: list = []  # impressions waiting for the event stream (Redis down)
         self._tasks: list[asyncio.Task] = []
 
@@ -203,6 +204,9 @@ class Origin:
                     log.warning("model refresh failed: %s", exc)
             for v in {p.version for p in self.models.values() if p.version}:
                 self.metrics.model.labels(v).set(1)
+            for p in self.models.values():
+                if p.calibration_due():
+                    await asyncio.to_thread(p.calibrate_exploration)
 
     async def _keep_snapshot(self) -> None:
         bandits_at = 0.0

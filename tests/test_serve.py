@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -27,6 +28,7 @@ from schemas import personalization_pb2 as pb
 from schemas import personalization_pb2_grpc as pb_grpc
 from schemas.clock import AS_OF_ENV, Clock
 from serving.config import ServeConfig
+from serving.exploration import DEFAULT_N0
 from serving.personalize import ServingSizes
 from serving.server import ServerThread
 
@@ -147,6 +149,29 @@ def test_exploration_marks_and_propensities(served) -> None:
     for i in resp.items:  # explored = shown above the ranker's own slot
         if i.item_id in order:
             assert i.explored == (i.position < order[i.item_id])
+
+
+def test_the_origin_calibrates_n0_to_its_exploration_share(served) -> None:
+    """n0 = 350 was chosen on a wide stated distribution; on a trained ranker's pools it flags most
+    of a slate explored. After 64 exploring requests the origin finds the n0 of its configured share
+    (12 %) on the pools it explored, and the share it then shows is within 2 points of it."""
+    stub, server = served["stub"], served["server"]
+    personalizer = server.running.origin.models["production"]
+    users = sorted(served["truth"])[:40]
+    for k in range(80):
+        _personalize(stub, users[k % len(users)], n=20)
+    deadline = time.monotonic() + 20
+    while personalizer.calibration is None and time.monotonic() < deadline:  # the background loop calibrates
+        time.sleep(0.1)
+    assert personalizer.calibration is not None and personalizer.calibration[0] == served["version"]
+    assert personalizer.n0 != DEFAULT_N0
+    shown = explored = 0
+    for k in range(300):
+        resp = _personalize(stub, users[k % len(users)], n=20)
+        shown += len(resp.items)
+        explored += sum(i.explored for i in resp.items)
+    share = explored / shown
+    assert abs(share - server.running.origin.config.exploration_share) <= 0.02, (personalizer.n0, share)
 
 
 def test_reranks_a_callers_candidates_and_applies_filters(served) -> None:
