@@ -18,14 +18,19 @@ share of slots drawn uniformly from the tail) at n0 = 0.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from serving.exploration import Slate, posterior, sample_slates, thompson_slate
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TARGET_SHARE = 0.12  # the design's 10–15 %
 # What `calibrate(0.12, …, k=20)` finds on the stated distribution the origin's n0 was chosen on
@@ -150,3 +155,49 @@ def _bisect(f, lo: float, hi: float, target: float, tolerance: float, max_iter: 
         else:
             hi = mid
     return best
+
+
+class ShareCalibrator:
+    """The pools a Thompson policy drew from lately, and the n0 that gives a target share on them.
+
+    Origin and edge alike: the share a given n0 gives depends on how the serving ranker's
+    probabilities spread, which no stated distribution knows (the suite's trained models need n0 of
+    10⁶–10⁷ where the stated one needs 23,500), so each tier measures the pools it serves. Pools are
+    kept as counts; their posteriors are derived only when a calibration runs, off the request path.
+    """
+
+    def __init__(self, share: float, min_pools: int = 64, every_s: float = 600.0, keep: int = 256) -> None:
+        self.share, self.min_pools, self.every_s = share, min_pools, every_s
+        self.pools: deque = deque(maxlen=keep)  # (p, k, clicks, non_clicks, global_clicks, global_non_clicks)
+        self.last: tuple[str, float] | None = None  # (model version, monotonic time) of the last calibration
+
+    def observe(self, p: np.ndarray, k: int, clicks: ArrayLike, non_clicks: ArrayLike,
+                global_clicks: ArrayLike | None, global_non_clicks: ArrayLike | None) -> None:
+        self.pools.append((p, k, clicks, non_clicks, global_clicks, global_non_clicks))
+
+    def due(self, version: str | None) -> bool:
+        """Once `min_pools` were seen, then again for each new model version and every `every_s`."""
+        if version is None or len(self.pools) < self.min_pools:
+            return False
+        if self.last is None or self.last[0] != version:
+            return True
+        return time.monotonic() - self.last[1] >= self.every_s
+
+    def run(self, version: str, apply: Callable[[EdgeExploration], None]) -> EdgeExploration | None:
+        """The policy for `share` on the kept pools (k: their median slate size), handed to `apply`
+        before `last` records the run; None when out of reach (logged, not retried before `every_s`).
+        Blocking — a second or so of draws: servers run it in a thread."""
+        pools = list(self.pools)
+        if not pools:
+            return None
+        k = int(np.median([pool[1] for pool in pools]))
+        pools = [pool for pool in pools if pool[0].size >= k]
+        found = None
+        try:
+            found = calibrate(self.share, [pool[0] for pool in pools], k,
+                              posteriors=[posterior(*pool[2:]) for pool in pools], slates=4_000, n0_max=1e10)
+            apply(found)
+        except ValueError as exc:
+            log.warning("exploration: no n0 for a %.0f %% share on %s's pools (%s)", 100 * self.share, version, exc)
+        self.last = (version, time.monotonic())
+        return found

@@ -25,7 +25,6 @@ import json
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -142,8 +141,8 @@ class Edge:
         self.origins = Origins(config.origins, config.origin_deadline_s)
         self.scorer = EdgeScorer(config.registry)
         self.exploration = config.exploration or edge_bandit.DEFAULT_EXPLORATION
-        self.calibration: tuple[str, float] | None = None  # (scorer version, monotonic time) of the last one
-        self._pools: deque = deque(maxlen=256)  # what the bandit last drew from: (p, counts…, k)
+        self.calibrator = edge_bandit.ShareCalibrator(config.exploration_share, config.calibrate_after,
+                                                      config.recalibrate_s)
         self.rng = np.random.default_rng(seed)
         self.counters = EdgeCounters()
         self._tasks: list[asyncio.Task] = []
@@ -168,37 +167,23 @@ class Edge:
             if self._calibration_due():
                 await asyncio.to_thread(self.calibrate_exploration)
 
+    @property
+    def calibration(self) -> tuple[str, float] | None:
+        """(edge ranker version, monotonic time) of the last calibration of n0."""
+        return self.calibrator.last
+
     def _calibration_due(self) -> bool:
-        if self.config.exploration is not None or len(self._pools) < self.config.calibrate_after:
-            return False
-        if self.calibration is None or self.calibration[0] != self.scorer.version:
-            return True
-        return time.monotonic() - self.calibration[1] >= self.config.recalibrate_s
+        return self.config.exploration is None and self.calibrator.due(self.scorer.version)
 
     def calibrate_exploration(self) -> edge_bandit.EdgeExploration | None:
-        """n0 for the configured share, measured on the pools this edge re-ranked lately: the share
-        a given n0 gives depends on how the edge ranker's probabilities spread, which no stated
-        distribution knows (the suite's trained model needs n0 ≈ 10⁶ where the stated one needs
-        23,500). Blocking (a second or so of draws): the server runs it in a thread."""
-        pools = list(self._pools)
-        version = self.scorer.version or ""
-        if not pools:
-            return None
-        k = int(np.median([pool[-1] for pool in pools]))
-        pools = [pool for pool in pools if pool[0].size >= k]
-        try:
-            found = edge_bandit.calibrate(self.config.exploration_share, [pool[0] for pool in pools], k,
-                                          posteriors=[edge_bandit.posterior(*pool[1:5]) for pool in pools],
-                                          slates=4_000, n0_max=1e10)
-        except ValueError as exc:
-            log.warning("edge bandit: calibration failed (%s); keeping n0 = %g", exc, self.exploration.n0)
-            self.calibration = (version, time.monotonic())
-            return None
-        log.info("edge bandit: n0 %g → %g, ε %g (a %.0f %% share over %d pools of k = %d)", self.exploration.n0,
-                 found.n0, found.epsilon, 100 * self.config.exploration_share, len(pools), k)
-        self.exploration = found
-        self.calibration = (version, time.monotonic())
-        return found
+        """n0 for the configured share on the pools this edge re-ranked lately (blocking: the server
+        runs it in a thread)."""
+        def apply(found: edge_bandit.EdgeExploration) -> None:
+            log.info("edge bandit: n0 %g → %g, ε %g (a %.0f %% share)", self.exploration.n0, found.n0,
+                     found.epsilon, 100 * self.config.exploration_share)
+            self.exploration = found
+
+        return self.calibrator.run(self.scorer.version or "", apply)
 
     async def flush_events(self) -> None:
         while self._outbox:
@@ -231,7 +216,7 @@ class Edge:
         n = min(req.n, len(items))
         prob = np.clip(p, 0, 1).astype(np.float64)
         if not req.disable_exploration:
-            self._pools.append((prob, clicks, non_clicks, g_clicks, g_non, n))
+            self.calibrator.observe(prob, n, clicks, non_clicks, g_clicks, g_non)
         slate = edge_bandit.edge_slate(prob, clicks, non_clicks, g_clicks, g_non, n, self.rng, self.exploration,
                                        explore=not req.disable_exploration)
         source = pb.SOURCE_EDGE_SCORER if self.scorer.version else pb.SOURCE_EDGE_CACHE

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -35,7 +35,7 @@ from schemas.features import context_features
 from serving import exploration
 from serving.active_model import ActiveModel, collections_of
 from serving.context import UserContext
-from serving.edge_bandit import DEFAULT_TARGET_SHARE, calibrate
+from serving.edge_bandit import DEFAULT_TARGET_SHARE, EdgeExploration, ShareCalibrator
 from serving.scoring import Scorer
 from stores.deployment import ItemFeatures
 from stores.serving_reads import ItemData, fetch_context, fetch_items
@@ -247,10 +247,8 @@ class Personalizer:
         self.features = FeatureCache()
         # n0 for variants that leave it to the server: calibrated to `exploration_share` on the pools
         # this origin explored lately (`calibrate_exploration`); the stated default until then
-        self.exploration_share = exploration_share
         self.n0 = exploration.DEFAULT_N0
-        self.calibration: tuple[str, float] | None = None  # (model version, monotonic time) of the last one
-        self._pools: deque = deque(maxlen=256)
+        self.calibrator = ShareCalibrator(exploration_share)
 
     @property
     def version(self) -> str | None:
@@ -380,46 +378,33 @@ class Personalizer:
         prob = np.clip(p, 0.0, 1.0)
         n0 = self.n0 if variant.n0 is None else variant.n0
         if variant.n0 is None and not disabled:
-            self._pools.append((prob, alpha, beta, n))
+            self.calibrator.observe(prob, n, seg[:, 0], seg[:, 1], glob[:, 0], glob[:, 1])
         slate = exploration.thompson_slate(prob, alpha, beta, n, self.rng, n0=n0, epsilon=variant.epsilon,
                                            explore=not disabled, n_sim=self.n_sim)
         return [Shown(items[int(i)], float(p[int(i)]), pos, float(slate.propensity[pos]), bool(slate.explored[pos]), ())
                 for pos, i in enumerate(slate.order)]
 
 
-    def calibration_due(self, min_pools: int = 64, every_s: float = 600.0) -> bool:
-        if len(self._pools) < min_pools or self.version is None:
-            return False
-        if self.calibration is None or self.calibration[0] != self.version:
-            return True
-        return time.monotonic() - self.calibration[1] >= every_s
+    @property
+    def calibration(self) -> tuple[str, float] | None:
+        """(model version, monotonic time) of the last calibration of n0."""
+        return self.calibrator.last
+
+    def calibration_due(self) -> bool:
+        return self.calibrator.due(self.version)
 
     def calibrate_exploration(self) -> float | None:
-        """The n0 whose exploration share on the pools explored lately is `exploration_share`.
+        """n0 for the configured share on the pools explored lately. The stated default (350) was
+        chosen on probabilities far wider than trained rankers give, where it flags most of a slate
+        explored. Blocking: the server runs it in a thread. ε stays the variant's (n0 = 0 when even
+        that explores too little)."""
+        def apply(found: EdgeExploration) -> None:
+            log.info("exploration: n0 %g → %g for model %s (a %.0f %% share)", self.n0, found.n0, self.version,
+                     100 * self.calibrator.share)
+            self.n0 = found.n0
 
-        The stated default (350) was chosen on probabilities spread far wider than trained rankers
-        give (their best items lie within a few hundredths), where it flags most of a slate explored.
-        Blocking (a second or so of draws): the server runs it in a thread. ε stays the variant's."""
-        pools, version = list(self._pools), self.version or ""
-        if not pools:
-            return None
-        k = int(np.median([pool[-1] for pool in pools]))
-        pools = [pool for pool in pools if pool[0].size >= k]
-        try:
-            found = calibrate(self.exploration_share, [pool[0] for pool in pools], k,
-                              posteriors=[(pool[1], pool[2]) for pool in pools], slates=4_000, n0_max=1e10)
-        except ValueError as exc:
-            log.warning("exploration: calibration failed (%s); keeping n0 = %g", exc, self.n0)
-            self.calibration = (version, time.monotonic())
-            return None
-        if found.epsilon:
-            log.warning("exploration: n0 = 0 explores less than %.0f %%; keeping n0 = 0 (ε stays the variant's)",
-                        100 * self.exploration_share)
-        log.info("exploration: n0 %g → %g for model %s (a %.0f %% share over %d pools of k = %d)", self.n0, found.n0,
-                 version, 100 * self.exploration_share, len(pools), k)
-        self.n0 = found.n0
-        self.calibration = (version, time.monotonic())
-        return found.n0
+        found = self.calibrator.run(self.version or "", apply)
+        return None if found is None else found.n0
 
 
 class NoModelError(RuntimeError):
