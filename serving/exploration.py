@@ -220,9 +220,8 @@ def thompson_slate(
     rank_of = np.empty(a.size, dtype=np.intp)
     rank_of[ranker] = np.arange(a.size)
     if explore:
-        order = _policy_slates(a, b, k, rng, 1, float(epsilon))[0]
-        counts = _cell_counts(a, b, k, int(n_sim), rng, float(epsilon), shown=order)
-        propensity = (counts + 1.0) / (int(n_sim) + 1.0)
+        order, counts = _shown_and_counts(a, b, k, int(n_sim) + 1, rng, float(epsilon))
+        propensity = counts / (int(n_sim) + 1.0)
     else:
         order = ranker[:k].copy()
         propensity = np.ones(k)
@@ -265,10 +264,37 @@ def _policy_slates(a: np.ndarray, b: np.ndarray, k: int, rng: np.random.Generato
     the items that can reach the top k (`contenders`); the ε rule still draws from every item."""
     keep = contenders(a, b, k)
     if keep is None:
-        ranked = _top_k(rng.beta(a, b, size=(size, a.size)), k)
+        ranked = _top_k(theta_order_scores(a, b, rng, size), k)
     else:
-        ranked = keep[_top_k(rng.beta(a[keep], b[keep], size=(size, keep.size)), k)]
+        ranked = keep[_top_k(theta_order_scores(a[keep], b[keep], rng, size), k)]
     return ranked if epsilon == 0 else _fill_slots(ranked, a.size, epsilon, rng)
+
+
+# The smallest Beta shape (a and b) drawn through Wilson–Hilferty rather than exactly.
+WH_MIN_SHAPE = 100.0
+
+
+def theta_order_scores(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+    """(size, n) draws that order like θ ~ Beta(a, b) per column: what a ranking needs, not θ itself.
+
+    θ = G_a / (G_a + G_b) is increasing in r = G_a / G_b. When every shape is ≥ `WH_MIN_SHAPE`,
+    each Gamma comes from one normal by Wilson–Hilferty, G ≈ a·(1 − c + z·√c)³ with c = 1/(9a),
+    and the draws are ∛r = ∛(a/b)·u_a/u_b: two normals and a few array operations instead of two
+    Gamma draws, about a third of the cost. Its Gamma CDF is within 0.0055/a of the exact one
+    (Kolmogorov distance, checked in `tests/test_exploration_policy.py`), ≤ 5.5e-5 at the
+    threshold: far under the Monte-Carlo error of any propensity logged. Tight posteriors — a
+    calibrated n0 of 10⁵–10⁷, or many counts — take this path; otherwise (the default n0 = 350
+    on small probabilities) θ is drawn exactly, for every column alike.
+    """
+    if not (np.all(a >= WH_MIN_SHAPE) and np.all(b >= WH_MIN_SHAPE)):
+        return rng.beta(a, b, size=(size, a.size))
+    ca, cb = 1.0 / (9.0 * a), 1.0 / (9.0 * b)
+    z = rng.standard_normal((2, size, a.size))
+    u_a = z[0] * np.sqrt(ca) + (1.0 - ca)  # > 0 unless z < −3√a + …: never at a ≥ 100 (p < 1e-180)
+    u_b = z[1] * np.sqrt(cb) + (1.0 - cb)
+    u_a *= np.cbrt(a / b)
+    u_a /= u_b
+    return u_a
 
 
 # The chance, per item, that `contenders` leaves out an item a draw would have put in the top k.
@@ -332,21 +358,33 @@ def _fill_slots(ranked: np.ndarray, n_items: int, epsilon: float, rng: np.random
     return out
 
 
-def _cell_counts(a: np.ndarray, b: np.ndarray, k: int, n_sim: int, rng: np.random.Generator, epsilon: float,
-                 shown: np.ndarray | None = None) -> np.ndarray:
-    """How often each (item, position) occurs in `n_sim` policy draws: (n_items, k), or for `shown` [k]."""
-    counts = np.zeros(a.size * k if shown is None else k, dtype=np.int64)
+def _cell_counts(a: np.ndarray, b: np.ndarray, k: int, n_sim: int, rng: np.random.Generator,
+                 epsilon: float) -> np.ndarray:
+    """How often each (item, position) occurs in `n_sim` policy draws: (n_items, k)."""
+    counts = np.zeros(a.size * k, dtype=np.int64)
     cells = np.arange(k) * a.size  # column-major cell of (item, position): position·n_items + item
     done = 0
     while done < n_sim:
         m = min(_CHUNK, n_sim - done)
+        counts += np.bincount((_policy_slates(a, b, k, rng, m, epsilon) + cells).ravel(), minlength=a.size * k)
+        done += m
+    return counts.reshape(k, a.size).T
+
+
+def _shown_and_counts(a: np.ndarray, b: np.ndarray, k: int, draws: int, rng: np.random.Generator,
+                      epsilon: float) -> tuple[np.ndarray, np.ndarray]:
+    """The shown slate (the first of `draws` policy draws) and, per shown cell, how many of the
+    draws — itself included — put that item at that position. One batch: the shown draw is one
+    more row of the Monte-Carlo draws, not a call of its own."""
+    shown, counts, done = None, np.zeros(k, dtype=np.int64), 0
+    while done < draws:
+        m = min(_CHUNK, draws - done)
         slates = _policy_slates(a, b, k, rng, m, epsilon)
         if shown is None:
-            counts += np.bincount((slates + cells).ravel(), minlength=a.size * k)
-        else:
-            counts += np.count_nonzero(slates == shown, axis=0)
+            shown = slates[0].copy()
+        counts += np.count_nonzero(slates == shown, axis=0)
         done += m
-    return counts if shown is not None else counts.reshape(k, a.size).T
+    return shown, counts
 
 
 def slate_propensities(slate: ArrayLike, distribution: np.ndarray) -> np.ndarray:
@@ -357,8 +395,14 @@ def slate_propensities(slate: ArrayLike, distribution: np.ndarray) -> np.ndarray
     return distribution[s, np.arange(s.size)]
 
 
+# Up to this many columns `_top_k` sorts whole rows; above, it partitions first (measured at 250 rows).
+_SORT_MAX = 256
+
+
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of each row's k largest scores, largest first."""
+    """Indices of each row's k largest scores, largest first (ties: the higher index first)."""
+    if scores.shape[1] <= _SORT_MAX:  # a whole ascending sort, read backwards, is the fastest here
+        return np.argsort(scores, axis=1)[:, : -k - 1 : -1]
     if k < scores.shape[1]:
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     else:

@@ -11,10 +11,12 @@ import pytest
 from pipelines.bandit_sim import LoopConfig, calibrated_probabilities, ranker_tau, run_all
 from serving.exploration import (
     DEFAULT_N0,
+    WH_MIN_SHAPE,
     Slate,
     action_distribution,
     contenders,
     exploration_share,
+    theta_order_scores,
     thompson_slate,
 )
 
@@ -70,6 +72,44 @@ def test_pruned_and_exact_draws_give_the_same_action_distribution() -> None:
         exact[:, j] = np.bincount(order[:, j], minlength=a.size) / 40_000
     se = np.sqrt(np.maximum(exact * (1 - exact), 1e-4) / 40_000)
     assert np.all(np.abs(pruned - exact) <= 5 * np.sqrt(2) * se)
+
+
+# -- Wilson–Hilferty draws for tight posteriors ----------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [WH_MIN_SHAPE, 1e3, 1e5, 1e6])
+def test_wilson_hilferty_gamma_is_within_the_stated_distance_of_the_exact_one(shape: float) -> None:
+    from scipy.special import gammainc, ndtr
+
+    z = np.linspace(-8.0, 8.0, 40_001)
+    c = 1.0 / (9.0 * shape)
+    x = shape * (1.0 - c + z * np.sqrt(c)) ** 3
+    assert np.max(np.abs(gammainc(shape, x) - ndtr(z))) <= 0.0055 / shape
+
+
+def _distribution(scores: np.ndarray, k: int) -> np.ndarray:
+    order = np.argsort(-scores, axis=1)[:, :k]
+    return np.stack([np.bincount(order[:, j], minlength=scores.shape[1]) for j in range(k)], axis=1) / len(scores)
+
+
+def test_tight_posteriors_drawn_by_wilson_hilferty_rank_as_exact_beta_draws_do() -> None:
+    rng = np.random.default_rng(5)
+    p = np.sort(rng.uniform(0.02, 0.3, 30))[::-1]
+    a, b = 5_000 * p + rng.poisson(5, 30) + 1.0, 5_000 * (1 - p) + rng.poisson(80, 30) + 1.0
+    assert a.min() >= WH_MIN_SHAPE  # the fast path, with posteriors loose enough that many items move
+    draws = 40_000
+    fast = _distribution(theta_order_scores(a, b, np.random.default_rng(6), draws), 10)
+    exact = _distribution(np.random.default_rng(7).beta(a, b, size=(draws, a.size)), 10)
+    assert np.count_nonzero((exact > 0.05) & (exact < 0.95)) >= 20  # the ranking is really random
+    se = np.sqrt(np.maximum(exact * (1 - exact), 1e-4) / draws)
+    assert np.all(np.abs(fast - exact) <= 5 * np.sqrt(2) * se)
+
+
+def test_loose_posteriors_are_drawn_exactly() -> None:
+    a, b = np.array([3.0, 500.0]), np.array([400.0, 2.0])  # one shape under the threshold: exact θ draws
+    theta = theta_order_scores(a, b, np.random.default_rng(0), 1000)
+    assert np.all((theta > 0) & (theta < 1))
+    assert abs(theta[:, 1].mean() - 500 / 502) < 0.002
 
 
 # -- closeness to the ranker ----------------------------------------------------------------------
