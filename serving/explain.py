@@ -1,6 +1,6 @@
 """Grounded reasons for a recommended item, and the one-sentence template built from them.
 
-A reason exists only when its evidence does: "similar to items you rated highly" needs the
+A reason exists only when its evidence does: "similar to items you engaged with" needs the
 user's own liked items nearest to this one, "trending in your segment" a rank in that segment's
 trending list, and so on. Nothing here guesses, so the template (and the LLM prompt built from
 the same reasons) can only say what the serving path actually used. Plain Python, no I/O: the
@@ -96,7 +96,7 @@ def _similar(s: ItemSignals) -> Reason | None:
     if not liked:
         return None
     names = _titles([t for t, _ in liked])
-    text = f"Similar to {names or 'items'}, which you rated highly."
+    text = f"Similar to {names or 'items'}, which you engaged with."
     return Reason(SIMILAR_TO_RATED, text, liked[0][1])
 
 
@@ -147,7 +147,7 @@ def _collaborative(s: ItemSignals) -> Reason | None:
 def _phrase(s: ItemSignals, code: str) -> str:
     if code == SIMILAR_TO_RATED:
         names = _titles([t for _, t, sim in sorted(s.similar_to, key=lambda x: -_unit(x[2])) if _unit(sim) > 0])
-        return f"it is similar to {names or 'items'}, which you rated highly"
+        return f"it is similar to {names or 'items'}, which you engaged with"
     if code == TRENDING_IN_SEGMENT:
         return f"it is trending in your segment “{_clean(s.segment)}”"
     if code == POPULAR_OVERALL:
