@@ -273,18 +273,25 @@ async def _one(target: Target, req: pb.PersonalizeRequest, t0: float, run: Run, 
 
 async def open_loop(target: Target, requests: list[pb.PersonalizeRequest], rate: float, seconds: float,
                     rng: np.random.Generator) -> Run:
-    """Poisson arrivals at `rate`; each latency from its scheduled send time."""
+    """Poisson arrivals at `rate`; each latency from its scheduled send time.
+
+    The client wakes up to `spin` early and spins to the send time: asyncio's timer alone is
+    late by ~0.9 ms (p50) and ~2.3 ms (p99) here, the client's lateness rather than the
+    server's. The spin costs the client at most 5 % of a core at any rate."""
     run = Run(target.name, f"{rate:g}/s")
     gaps = rng.exponential(1.0 / rate, int(rate * seconds * 1.5) + 10)
     offsets = np.cumsum(gaps)
     offsets = offsets[offsets < seconds]
     tasks = []
+    spin = min(0.002, 0.05 / rate)
     start = time.perf_counter() + 0.01
     for k, offset in enumerate(offsets):
         at = start + offset
         delay = at - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        if delay > spin:
+            await asyncio.sleep(delay - spin)
+        while time.perf_counter() < at:
+            pass
         tasks.append(asyncio.create_task(_one(target, requests[k % len(requests)], at, run, 5.0)))
     await asyncio.gather(*tasks)
     run.seconds = max(seconds, time.perf_counter() - start)

@@ -209,8 +209,7 @@ class Edge:
         items = list(cached.items)
         origin = np.asarray(cached.scores, np.float32)
         p = self.scorer.score(recent, items, origin) if self.scorer.version else origin
-        clicks, non_clicks = self.view.counts(segment, items)
-        g_clicks, g_non = self.view.counts("*", items)
+        clicks, non_clicks, g_clicks, g_non = self.view.bandit_counts(segment, items)
         none = (g_clicks == 0) & (g_non == 0)  # no global evidence: the bare prior, as the origin does
         g_clicks, g_non = np.where(none, np.nan, g_clicks), np.where(none, np.nan, g_non)
         n = min(req.n, len(items))

@@ -69,12 +69,57 @@ class _Local(NamedTuple):
     session_key: str
 
 
+class CountTable:
+    """(clicks, non_clicks) per (segment, item) in dense arrays, one row per item.
+
+    A cache hit reads ~100 items in two segments; one index lookup and two fancy-index reads
+    replace 400 dict reads and tuple-to-array conversions (~0.2 ms a hit)."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.cols: dict[str, int] = {}  # item → row; row 0 stays zero (an item without counts)
+        self.rows: dict[str, np.ndarray] = {}  # segment → (capacity, 2)
+        self.capacity = capacity
+
+    @classmethod
+    def of(cls, bandits: dict[str, dict[str, tuple[float, float]]]) -> CountTable:
+        items = {i for counts in bandits.values() for i in counts}
+        table = cls(max(1024, 2 * (len(items) + 1)))
+        table.cols = {item: c for c, item in enumerate(sorted(items), start=1)}
+        for seg, counts in bandits.items():
+            arr = table.rows[seg] = np.zeros((table.capacity, 2))
+            if counts:
+                arr[[table.cols[i] for i in counts]] = list(counts.values())
+        return table
+
+    def add(self, segment: str, item: str, clicks: float, non_clicks: float) -> None:
+        col = self.cols.get(item)
+        if col is None:
+            col = self.cols[item] = len(self.cols) + 1
+            if col >= self.capacity:
+                self.capacity *= 2
+                for seg, arr in self.rows.items():
+                    self.rows[seg] = np.zeros((self.capacity, 2))
+                    self.rows[seg][: len(arr)] = arr
+        arr = self.rows.get(segment)
+        if arr is None:
+            arr = self.rows[segment] = np.zeros((self.capacity, 2))
+        arr[col, 0] += clicks
+        arr[col, 1] += non_clicks
+
+    def lookup(self, segments: Sequence[str], items: Sequence[str]) -> list[np.ndarray]:
+        """Per segment, (len(items), 2) counts, each at least 0."""
+        idx = np.array([self.cols.get(i, 0) for i in items], dtype=np.intp)
+        none = np.zeros((len(idx), 2))
+        return [np.maximum(self.rows[s][idx], 0.0) if s in self.rows else none for s in segments]
+
+
 class PreparedFull(NamedTuple):
     """A full snapshot decoded (the costly part, safe in a worker thread), ready to swap in."""
 
     msg: pb.SyncMessage
     synced: dict[str, _Synced]
     bandits: dict[str, dict[str, tuple[float, float]]]
+    table: CountTable
     material: set[str]
 
 
@@ -116,6 +161,7 @@ class EdgeView:
         self._bandits: dict[str, dict[str, tuple[float, float]]] = {}
         self._local_buckets: dict[tuple[str, str], list[list[float]]] = {}  # [bucket start, Δclicks, Δnon-clicks]
         self._local_totals: dict[tuple[str, str], tuple[float, float]] = {}
+        self._table = CountTable()  # snapshot + local totals, as the hit path reads them
         self.model_version = ""
         self.seq: int | None = None
         self.gaps = 0  # times a seq gap was noticed
@@ -161,13 +207,16 @@ class EdgeView:
             old = self._view(uid)
             if old is not None and old.session_key and old.session_key != s.session_key:
                 material.add(uid)
-        return PreparedFull(msg, synced, bandits, material)
+        return PreparedFull(msg, synced, bandits, CountTable.of(bandits), material)
 
     def commit_full(self, p: PreparedFull) -> None:
         self._synced, self._bandits = p.synced, p.bandits
         if p.msg.model_version:
             self.model_version = p.msg.model_version
         self._drop_local_counts(p.msg.as_of_ms)
+        self._table = p.table
+        for (seg, item), (c, n) in self._local_totals.items():
+            self._table.add(seg, item, c, n)
         for uid in list(self._local):
             self._refresh(uid)
         self.stale = False
@@ -232,6 +281,7 @@ class EdgeView:
                 buckets.append([start, *delta])
             c, n = self._local_totals.get(key, (0.0, 0.0))
             self._local_totals[key] = (c + delta[0], n + delta[1])
+            self._table.add(seg, item_id, *delta)
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -256,13 +306,14 @@ class EdgeView:
 
     def counts(self, segment: str, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(clicks, non_clicks) per item: the last snapshot plus this edge's outcomes since it."""
-        none = (0.0, 0.0)
-        snap = self._bandits.get(segment, {})
-        local = self._local_totals
-        synced = np.array([snap.get(item, none) for item in item_ids], dtype=np.float64).reshape(-1, 2)
-        since = np.array([local.get((segment, item), none) for item in item_ids], dtype=np.float64).reshape(-1, 2)
-        total = np.maximum(synced + since, 0.0)
-        return total[:, 0].copy(), total[:, 1].copy()
+        (c,) = self._table.lookup([segment], item_ids)
+        return c[:, 0].copy(), c[:, 1].copy()
+
+    def bandit_counts(self, segment: str, item_ids: Sequence[str]) -> tuple[np.ndarray, ...]:
+        """`counts` in `segment` and in the global row at once: (clicks, non_clicks, global
+        clicks, global non_clicks)."""
+        seg, glob = self._table.lookup([segment, keys.GLOBAL_SEGMENT], item_ids)
+        return seg[:, 0], seg[:, 1], glob[:, 0], glob[:, 1]
 
     def digest(self) -> str:
         """A hash of the effective view (users, bandit counts with local outcomes, model version),

@@ -23,7 +23,7 @@ from schemas import personalization_pb2 as pb
 from schemas import personalization_pb2_grpc as pb_grpc
 from schemas.clock import WALL, Clock
 from serving.edge_sync import EdgeSyncServicer, SyncHub, ordered_recent
-from serving.edge_view import EdgeView, SyncClient
+from serving.edge_view import CountTable, EdgeView, SyncClient
 from stores.feature_store import FeatureStore, Write
 from stores.serving_reads import read_bandit_counts
 from transforms.summaries.bandit import borrowed_posterior
@@ -403,3 +403,18 @@ def test_read_bandit_counts_reads_every_segment(redis, redis_url: str) -> None:
             await client.aclose()
 
     run(main())
+
+
+def test_the_count_table_grows_past_its_capacity_and_keeps_every_count() -> None:
+    """The hit path's dense counts: a snapshot, then local outcomes on more new items than the
+    table has rows, read back per segment (missing items and segments are zeros)."""
+    table = CountTable.of({"seg": {"a": (2.0, 5.0)}, "*": {"a": (3.0, 9.0), "b": (1.0, 1.0)}})
+    capacity = table.capacity
+    for k in range(capacity + 10):
+        table.add("seg", f"new-{k}", 1.0, float(k))
+    table.add("seg", "a", 1.0, -7.0)  # a click converting more non-clicks than known: clamped at 0
+    assert table.capacity > capacity
+    seg, glob, other = table.lookup(["seg", "*", "elsewhere"], ["a", "b", f"new-{capacity + 9}", "unknown"])
+    assert seg.tolist() == [[3.0, 0.0], [0.0, 0.0], [1.0, float(capacity + 9)], [0.0, 0.0]]
+    assert glob.tolist() == [[3.0, 9.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]
+    assert not other.any()
