@@ -10,9 +10,6 @@ as a replay would.
 
 from __future__ import annotations
 
-import glob
-import gzip
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -21,6 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from schemas.events import Event, EventError, EventType, parse_event
+from stores.files import match_files, open_read
 
 POSITIVE_TYPES = frozenset({
     EventType.VIEW, EventType.CLICK, EventType.ADD_TO_CART, EventType.PURCHASE, EventType.RATING, EventType.REVIEW,
@@ -137,26 +135,25 @@ def pairs_matrix(users: np.ndarray, items: np.ndarray, shape: tuple[int, int]) -
 
 def expand_globs(patterns: str | Sequence[str]) -> list[str]:
     """Comma-separated (or listed) globs → the sorted matching files; an error names a glob that
-    matched nothing."""
+    matched nothing. Local paths or any Beam filesystem (`gs://…`): see `stores.files`."""
     if isinstance(patterns, str):
         patterns = [p for p in patterns.split(",") if p.strip()]
     if not patterns:
         raise InteractionsError("--input: no glob given")
     files: set[str] = set()
     for pattern in patterns:
-        found = [p for p in glob.glob(os.path.expanduser(pattern.strip()), recursive=True) if os.path.isfile(p)]
+        try:
+            found = match_files(pattern.strip())
+        except OSError as exc:  # a remote listing failed (permissions, network): say which glob
+            raise InteractionsError(f"--input: cannot list {pattern!r}: {exc}") from None
         if not found:
             raise InteractionsError(f"--input: no file matches {pattern!r}")
         files.update(found)
     return sorted(files)
 
 
-def _open(path: str):
-    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
-
-
 def read_interactions(patterns: str | Sequence[str]) -> Interactions:
-    """Read JSONL event logs (globs; `.gz` allowed) into `Interactions`.
+    """Read JSONL event logs (globs, local or `gs://…`; `.gz` allowed) into `Interactions`.
 
     The catalog keeps each item's latest `item` event (by event time; the later line on a tie),
     which gives the item categories and, to content-aware models, the item's attributes.
@@ -169,7 +166,7 @@ def read_interactions(patterns: str | Sequence[str]) -> Interactions:
                   item_events=0, other_events=0)
     examples: list[str] = []
     for path in files:
-        with _open(path) as f:
+        with open_read(path, decompress=True) as f:
             for lineno, line in enumerate(f, start=1):
                 counts["lines"] += 1
                 if not line.strip():

@@ -57,8 +57,6 @@ the same state. `pipelines/train` calls `deploy(...)` after a promotion.
 from __future__ import annotations
 
 import argparse
-import glob as globlib
-import gzip
 import json
 import os
 import sys
@@ -82,6 +80,7 @@ from schemas.content_contract import MODEL_FILE, ContentContract, catalog_inputs
 from schemas.events import Event, EventError, EventType, parse_event
 from schemas.features import FeatureConfig
 from stores import deployment, retention
+from stores import files as fs
 from stores.feature_store import Write
 from stores.redis_client import get_redis
 from stores.redis_client import redis_url as default_redis_url
@@ -134,7 +133,7 @@ def expand_inputs(globs: Sequence[str]) -> list[str]:
         raise DeployError("--input: no glob given")
     files: set[str] = set()
     for pattern in globs:
-        found = [p for p in globlib.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p)]
+        found = fs.match_files(pattern)  # local, or gs:// and any Beam filesystem
         if not found:
             raise DeployError(f"--input: no file matches {pattern!r}")
         files.update(found)
@@ -145,10 +144,15 @@ def _records(path: str) -> Iterator[object]:
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        for row in pq.read_table(path).to_pylist():
+        if fs.is_local(path):
+            rows = pq.read_table(path).to_pylist()
+        else:
+            with fs.open_read(path) as f:
+                rows = pq.read_table(f).to_pylist()
+        for row in rows:
             yield {k: v for k, v in row.items() if v is not None}
         return
-    with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as f:
+    with fs.open_read(path, decompress=True) as f:
         for line in f:
             if line.strip():
                 yield line

@@ -32,6 +32,7 @@ from models import registry
 from models.examples import CATEGORIES_LEN, CONTEXT, HISTORY_LEN, RECENT_LEN, SERVING_HISTORY_LEN
 from schemas.content_contract import MODALITIES, MODEL_FILE, ContentContract, catalog_inputs
 from schemas.events import Event, parse_event
+from stores import files as fs
 
 if TYPE_CHECKING:
     import apache_beam as beam
@@ -120,8 +121,8 @@ def build_preprocess(p: beam.Pipeline, globs: list[str], held_out: list[tuple[st
 
     spec = raw_feature_spec()
     metadata = dataset_metadata.DatasetMetadata.from_feature_spec(spec)
-    out = Prepared(os.path.join(workdir, "transform"), os.path.join(workdir, "examples-*.tfrecord"),
-                   os.path.join(workdir, "catalog.jsonl"))
+    out = Prepared(fs.join(workdir, "transform"), fs.join(workdir, "examples-*.tfrecord"),
+                   fs.join(workdir, "catalog.jsonl"))
     events = (p | "Read" >> ReadEventLines(globs) | "Parse" >> ParseEvents())["events"]
     catalog = events | "Catalog" >> CatalogRows()
     held = p | "HeldOut" >> beam.Create(held_out)
@@ -133,7 +134,7 @@ def build_preprocess(p: beam.Pipeline, globs: list[str], held_out: list[tuple[st
     coder = tft.coders.ExampleProtoCoder(transformed_meta.schema)
     (transformed
      | "Encode" >> beam.Map(coder.encode)
-     | "WriteExamples" >> beam.io.WriteToTFRecord(os.path.join(workdir, "examples"), file_name_suffix=".tfrecord"))
+     | "WriteExamples" >> beam.io.WriteToTFRecord(fs.join(workdir, "examples"), file_name_suffix=".tfrecord"))
     _ = transform_fn | "WriteTransform" >> tft_beam.WriteTransformFn(out.transform_dir)
     (catalog
      | "CatalogJson" >> beam.Map(lambda kv: json.dumps(kv[1].to_dict(), sort_keys=True))
@@ -147,7 +148,7 @@ def preprocess(globs: list[str], held_out: list[tuple[str, str]], workdir: str, 
     import tensorflow_transform.beam as tft_beam
 
     with (beam.Pipeline(options=preprocess_options(beam_args)) as p,
-          tft_beam.Context(temp_dir=os.path.join(workdir, "tft-tmp"))):
+          tft_beam.Context(temp_dir=fs.join(workdir, "tft-tmp"))):
         return build_preprocess(p, globs, held_out, workdir)
 
 
@@ -174,7 +175,8 @@ def _vocabulary(tft_output, name: str) -> list[str]:
 
 
 def read_catalog(path: str) -> dict[str, Event]:
-    with open(path, encoding="utf-8") as f:
+    """The catalogue the preprocessing wrote (under `--workdir`, local or `gs://…`)."""
+    with fs.open_read(path) as f:
         events = [parse_event(line) for line in f if line.strip()]
     return {e.item_id: e for e in events}
 
@@ -211,7 +213,7 @@ def data_fingerprint(globs: list[str], split_fingerprint: str | None) -> str:
     h = hashlib.sha256()
     for path in sorted(expand_globs(globs)):
         h.update(path.rsplit("/", 1)[-1].encode())
-        with open(path, "rb") as f:
+        with fs.open_read(path) as f:  # the stored bytes (a .gz stays compressed), local or remote
             while chunk := f.read(1 << 20):
                 h.update(chunk)
     h.update((split_fingerprint or "").encode())
@@ -222,14 +224,31 @@ def run(argv: list[str] | None = None) -> int:
     args, beam_args = build_parser().parse_known_args(argv)
     globs = [g for g in args.input.split(",") if g]
     stages = Stages()
+    check_shared_paths(args, beam_args)
     workdir = args.workdir or tempfile.mkdtemp(prefix="pulserank-train-")
-    os.makedirs(workdir, exist_ok=True)
+    fs.makedirs(workdir)
     result = train(args, globs, beam_args, workdir, stages)
     total = sum(stages.times.values())
     print("stage times: " + ", ".join(f"{k} {v:.1f}s" for k, v in stages.times.items()) + f"; total {total:.1f}s")
     print(f"version {result['version']} published to {args.registry}"
           + (" and promoted to production" if result.get("promoted") else ""))
     return 0
+
+
+def check_shared_paths(args: argparse.Namespace, beam_args: list[str]) -> None:
+    """On Dataflow the workers read `--input` and write `--workdir`, and cannot see this machine's
+    disk: refuse local paths there before anything runs (Flink may share a mounted volume)."""
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    runner = PipelineOptions(beam_args).view_as(StandardOptions).runner or ""
+    if "dataflow" not in runner.lower():
+        return
+    local = [f"--input {g}" for g in args.input.split(",") if g and fs.is_local(g)]
+    if args.workdir is None or fs.is_local(args.workdir):
+        local.append(f"--workdir {args.workdir or '(default: a local temp dir)'}")
+    if local:
+        raise SystemExit(f"pulserank train: with {runner}, the workers cannot read this machine's disk; "
+                         f"give gs:// paths for: {'; '.join(local)}")
 
 
 def train(args: argparse.Namespace, globs: list[str], beam_args: list[str], workdir: str, stages: Stages) -> dict:
@@ -251,12 +270,20 @@ def train(args: argparse.Namespace, globs: list[str], beam_args: list[str], work
     with stages("train"):
         trained = fit(prepared, args)
     with stages("export (ONNX + parity)"):
-        files, parity = export(trained, os.path.join(workdir, "onnx"))
+        onnx_dir = fs.join(workdir, "onnx")  # tf2onnx and onnxruntime need local files
+        local_onnx = onnx_dir if fs.is_local(onnx_dir) else tempfile.mkdtemp(prefix="pulserank-onnx-")
+        files, parity = export(trained, local_onnx)
+        if local_onnx != onnx_dir:
+            fs.upload_dir(local_onnx, onnx_dir)
     metrics: dict = {}
-    report_dir = args.report or os.path.join(workdir, "report")
+    report_dir = args.report or fs.join(workdir, "report")
     if split is not None:
         with stages("evaluate"):
-            metrics = evaluate_version(files, trained, split, report_dir, stages, args)
+            local_report = report_dir if fs.is_local(report_dir) else tempfile.mkdtemp(prefix="pulserank-report-")
+            metrics = evaluate_version(files, trained, split, local_report, stages, args)
+            if local_report != report_dir:
+                fs.upload_dir(local_report, report_dir)
+                print(f"  report copied to {report_dir}")
     with stages("publish"):
         fingerprint = data_fingerprint(globs, split.fingerprint() if split is not None else None)
         version = args.version or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + fingerprint[:8]

@@ -31,8 +31,8 @@ def numbered_lines(readable: fileio.ReadableFile) -> Iterator[Line]:
             for i, row in enumerate(pq.read_table(fh).to_pylist(), start=1):
                 yield path, i, {k: v for k, v in row.items() if v is not None}
         return
-    with readable.open() as fh:
-        for i, raw in enumerate(fh, start=1):
+    with readable.open() as fh:  # a `.gz` opens as Beam's CompressedFile: readline, but no iteration
+        for i, raw in enumerate(iter(fh.readline, b""), start=1):
             text = raw.rstrip(b"\r\n")
             if text.strip():
                 yield path, i, text
