@@ -74,11 +74,13 @@ def build(p: beam.Pipeline, opts: ReplayOptions, url: str) -> None:
     lines = p | "Read" >> ReadEventLines([g for g in opts.input.split(",") if g])
     parsed = lines | "ParseEvents" >> ParseEvents(from_ms=lo, until_ms=hi)
     parsed["dead_letters"] | "DeadLetters" >> WriteDeadLetters(opts.dead_letters)
-    build_features(parsed["events"], url, feature_config(opts), opts.vector_store, opts.scorer, opts.registry)
+    as_of_ms = clock_from(opts.as_of).pinned_ms if opts.as_of else None
+    build_features(parsed["events"], url, feature_config(opts), opts.vector_store, opts.scorer, opts.registry,
+                   as_of_ms)
 
 
 def build_features(events, url: str, config: FeatureConfig, vector_store: str | None, scorer: str,
-                   registry: str | None = None) -> None:
+                   registry: str | None = None, as_of_ms: int | None = None) -> None:
     """Parsed events → every feature family → Redis and the vector store (shared with live mode).
 
     With a model registry, item events also get the production content tower's vectors.
@@ -93,13 +95,13 @@ def build_features(events, url: str, config: FeatureConfig, vector_store: str | 
     catalog_done = (
         routed["catalog"]
         | "Catalog" >> Catalog(config)
-        | "WriteCatalog" >> WriteFeatures(url, vector_store, config)
+        | "WriteCatalog" >> WriteFeatures(url, vector_store, config, as_of_ms=as_of_ms)
         | "CatalogDone" >> beam.CombineGlobally(sum)
     )
     (
         routed
         | "Features" >> ComputeFeatures(url, config, scorer, wait_for=catalog_done)
-        | "WriteFeatures" >> WriteFeatures(url, vector_store, config)
+        | "WriteFeatures" >> WriteFeatures(url, vector_store, config, as_of_ms=as_of_ms)
     )
 
 

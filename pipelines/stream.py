@@ -191,7 +191,8 @@ def build(p: beam.Pipeline, opts: StreamOptions, url: str, source: beam.PTransfo
     lines = p | "Source" >> source
     out = lines | "StreamingFeatures" >> StreamingFeatures(
         url, opts.vector_store, feature_config(opts), opts.scorer, pane_seconds=opts.pane_seconds,
-        max_buffering_secs=opts.max_buffering_secs, registry=opts.registry)
+        max_buffering_secs=opts.max_buffering_secs, registry=opts.registry,
+        as_of_ms=clock_from(opts.as_of).pinned_ms if opts.as_of else None)
     if opts.dead_letter_topic and opts.source in SOURCES:
         out["dead_letters"] | "DeadLetters" >> WriteDeadLetterTopic(opts, service)
     else:

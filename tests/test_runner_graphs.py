@@ -455,3 +455,30 @@ def test_the_package_the_images_install_carries_the_files_it_reads_at_run_time(t
                     str(tmp_path / "wheel"), str(sdist)], check=True, capture_output=True)
     (wheel,) = (tmp_path / "wheel").glob("*.whl")
     assert data <= set(zipfile.ZipFile(wheel).namelist())
+
+
+@pytest.mark.parametrize("module", ["replay", "stream"])
+def test_as_of_reaches_cluster_workers_inside_the_merges(module: str, redis_url: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--as_of` pins the Redis merges' clock on the workers: it travels in the pickled DoFn of the
+    submitted graph, since the launcher's environment (PULSERANK_AS_OF) stays on the launcher."""
+    from apache_beam.internal import pickler
+
+    from schemas.clock import AS_OF_ENV, parse_instant
+
+    launch = next(la for la in LAUNCHES if la.module == module and la.flag("source") != "kafka")  # no expansion
+    as_of = "2021-06-01T12:00:00Z"
+    p = _build(Launch(launch.env, module, [*launch.argv, f"--as_of={as_of}"]), tmp_path)
+    monkeypatch.delenv(AS_OF_ENV, raising=False)  # what a worker sees
+    merges = [t for t in _submitted_proto(p).components.transforms.values()
+              if t.unique_name.endswith("WriteFeatures/Apply")]
+    assert merges
+    for transform in merges:
+        payload = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload)
+        dofn = pickler.loads(payload.do_fn.payload)[0]
+        dofn.redis_url, dofn.vector_url = redis_url, None  # the doc's servers are not reachable here
+        dofn.setup()
+        try:
+            assert dofn.store.clock.pinned_ms == parse_instant(as_of)
+        finally:
+            dofn.client.close()

@@ -11,6 +11,7 @@ import redis
 from apache_beam.metrics import Metrics
 
 from schemas import keys
+from schemas.clock import clock_from
 from schemas.features import FeatureConfig
 from stores import event_stream
 from stores.feature_store import FeatureStore, Write
@@ -45,16 +46,19 @@ def vector_upserts(writes: list[Write], merged: dict, config: FeatureConfig) -> 
 
 
 class _ApplyWrites(beam.DoFn):
-    def __init__(self, redis_url: str, vector_url: str | None, config: FeatureConfig) -> None:
+    def __init__(self, redis_url: str, vector_url: str | None, config: FeatureConfig,
+                 as_of_ms: int | None = None) -> None:
         self.redis_url = redis_url
         self.vector_url = vector_url
         self.config = config
+        self.as_of_ms = as_of_ms
         self.merged = Metrics.counter(NAMESPACE, "keys_merged")
         self.skipped = Metrics.counter(NAMESPACE, "merges_skipped_by_guard")
 
     def setup(self) -> None:
         self.client = get_redis(self.redis_url)
-        self.store = FeatureStore(self.client)
+        # the launcher's --as_of travels with the DoFn: its environment does not reach cluster workers
+        self.store = FeatureStore(self.client, clock_from(self.as_of_ms) if self.as_of_ms is not None else None)
         self.vectors = None
         if not is_embedded(self.vector_url):
             from stores.vector_store import open_vector_store
@@ -88,8 +92,9 @@ class WriteFeatures(beam.PTransform):
     """Writes → sharded `GroupIntoBatches` → one pipelined merge per batch. Emits batch sizes."""
 
     def __init__(self, redis_url: str, vector_url: str | None, config: FeatureConfig, batch_size: int = 500,
-                 shards: int = 8, max_buffering_secs: float | None = None) -> None:
+                 shards: int = 8, max_buffering_secs: float | None = None, as_of_ms: int | None = None) -> None:
         super().__init__()
+        self.as_of_ms = as_of_ms  # the merges' clock (None: the worker's, PULSERANK_AS_OF or wall time)
         self.redis_url = redis_url
         self.vector_url = vector_url
         self.config = config
@@ -104,7 +109,7 @@ class WriteFeatures(beam.PTransform):
             | "Shard" >> beam.Map(lambda w: (zlib.crc32(w.key.encode()) % shards, w)).with_output_types(
                 tuple[int, Write])
             | "Batch" >> beam.GroupIntoBatches(self.batch_size, max_buffering_duration_secs=self.max_buffering_secs)
-            | "Apply" >> beam.ParDo(_ApplyWrites(self.redis_url, self.vector_url, self.config))
+            | "Apply" >> beam.ParDo(_ApplyWrites(self.redis_url, self.vector_url, self.config, self.as_of_ms))
         )
 
 

@@ -117,7 +117,8 @@ class StreamingFeatures(beam.PTransform):
 
     def __init__(self, redis_url: str, vector_url: str | None, config: FeatureConfig | None = None,
                  scorer: str = "vader", pane_seconds: int = PANE_SECONDS, batch_size: int = 500,
-                 shards: int = 8, max_buffering_secs: float = 1.0, registry: str | None = None) -> None:
+                 shards: int = 8, max_buffering_secs: float = 1.0, registry: str | None = None,
+                 as_of_ms: int | None = None) -> None:
         super().__init__()
         self.redis_url = redis_url
         self.vector_url = vector_url
@@ -125,7 +126,8 @@ class StreamingFeatures(beam.PTransform):
         self.scorer = scorer
         self.pane_seconds = pane_seconds
         self.registry = registry  # item content vectors from the production content tower
-        self.sink = dict(batch_size=batch_size, shards=shards, max_buffering_secs=max_buffering_secs)
+        self.sink = dict(batch_size=batch_size, shards=shards, max_buffering_secs=max_buffering_secs,
+                         as_of_ms=as_of_ms)
 
     def expand(self, lines):
         config, url = self.config, self.redis_url
