@@ -20,7 +20,7 @@ out), with the version's ONNX files only: onnxruntime, no TensorFlow in this pro
    items (most recent first) and context as of the clock (`models.examples.serving_row`, the
    same row serving builds): **all** users when this version was never deployed before
    (`keys.DEPLOYED_MODELS`), and on every run the inactive ones — no event for `--inactive-days`.
-   Stored in `keys.user_batch_embedding(user)` (fields `vec:<version>`, `as_of:<version>`) and,
+   Stored in `keys.user_batch_embedding(user)` (field `<version>`: as-of ms and vector) and,
    unless `--no-users-collection`, in `vector_collection(USERS, version)`. Users idle longer than
    `--idle-days` (default 90) get no seen set and no embedding: `pulserank prune` drops their keys.
 

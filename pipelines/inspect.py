@@ -116,7 +116,7 @@ def format_user(report: dict[str, Any]) -> str:
                      f" (surface {s['surface'] or '—'}, device {s['device'] or '—'})")
     lines.append(f"  last {len(report['recent'])} interactions:")
     for r in report["recent"]:
-        lines.append(f"    {r['utc']}  {r['type']:<12} item {r['item_id']:<16} ({r['event_id']})")
+        lines.append(f"    {r['utc']}  {r['type']:<12} item {r['item_id']}")
     e = report["emotion"]
     if e is None:
         lines.append("  emotion: none")

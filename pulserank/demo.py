@@ -327,12 +327,13 @@ def _show(ui: Progress, title: str, listing: Listing, view: LogView, intent: str
             ui.note(f"  why #{k + 1}: {listing.explanations[k]}" + (f"  [{codes}]" if codes else ""))
 
 
-def _wait_fresh(store, user: str, event_ids: list[str], started: float) -> float | None:
-    """Seconds from `started` until every id in `event_ids` is among the user's stored last
-    interactions (polled every 5 ms), or None after FRESHNESS_TIMEOUT_S."""
-    wanted = set(event_ids[-min(len(event_ids), 10):])  # the store keeps the last 10
+def _wait_fresh(store, user: str, events: list[dict], started: float) -> float | None:
+    """Seconds from `started` until each of `events` (the last 10: what the store keeps) is among the
+    user's stored last interactions, as (ts, type, item), polled every 5 ms; None after
+    FRESHNESS_TIMEOUT_S."""
+    wanted = {(e["ts"], e["type"], e["item_id"]) for e in events[-min(len(events), 10):]}
     while time.perf_counter() - started < FRESHNESS_TIMEOUT_S:
-        if wanted <= {r["event_id"] for r in store.user_features(user)["recent"]}:
+        if wanted <= {(r["ts"], r["type"], r["item_id"]) for r in store.user_features(user)["recent"]}:
             return time.perf_counter() - started
         time.sleep(0.005)
     return None
@@ -432,7 +433,7 @@ def _story(stub, store, view: LogView, t1: int, user: str | None, intent: str | 
         store.user_features(res.user)  # warm the reader, so the first poll measures the pipeline only
         sent = time.perf_counter()
         accepted = stub.RecordEvents(pb.RecordEventsRequest(events=[_to_proto(e) for e in events]), timeout=10).accepted
-        res.freshness_s = _wait_fresh(store, res.user, [e["event_id"] for e in events], sent)
+        res.freshness_s = _wait_fresh(store, res.user, events, sent)
         if res.freshness_s is None:
             ui.note(f"{accepted} accepted, but not all reached the features within {FRESHNESS_TIMEOUT_S:.0f}s")
         else:

@@ -50,16 +50,18 @@ def user_vectors(user_id: str) -> str:
 
 
 def user_batch_embedding(user_id: str) -> str:
-    """Hash of the batch user embeddings (pipelines/deploy): `vec:<model version>` → float32 bytes
-    (little-endian) in that version's two-tower space, `as_of:<model version>` → epoch ms of the
-    clock it was computed at. One field pair per version, so a rollback finds its vectors still there."""
+    """Hash of the batch user embeddings (pipelines/deploy): `<model version>` → epoch ms of the clock
+    it was computed at, then the vector in that version's two-tower space as float16
+    (stores/deployment.encode_user_embedding). One field per version, so a rollback finds its
+    vectors still there."""
     return user(user_id, "bemb")
 
 
 def user_seen(user_id: str) -> str:
-    """Sorted set of the user's positive items (member = item id, score = last event time), the
-    "already seen" set serving drops from candidates; written by pipelines/deploy as of its clock,
-    capped at the most recent `SEEN_MAX`. Interactions since then are in `user_recent`."""
+    """The user's positive items (item id → last event time), the "already seen" set serving drops
+    from candidates; written by pipelines/deploy as of its clock, capped at the most recent
+    `SEEN_MAX`. One compact string (transforms/summaries/seen.py: "<newest ms>;" + deflated JSON),
+    not a sorted set: a tenth of the memory. Interactions since then are in `user_recent`."""
     return user(user_id, "seen")
 
 

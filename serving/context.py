@@ -28,7 +28,7 @@ class UserContext:
     embedding: np.ndarray | None  # the model version's batch embedding (None: a cold user)
     embedding_as_of: int | None
     seen: dict[str, int]  # item → last positive time (deploy's seen set)
-    recent: list[dict]  # the last interactions, newest first: {ts, event_id, type, item_id}
+    recent: list[dict]  # the last distinct (type, item) interactions, newest first: {ts, type, item_id}
     session: dict | None
     mood: tuple[str, float] | None  # the dominant recent emotion and its strength
     trending: list[tuple[str, float]]  # (item, decayed count) of the segment, best first

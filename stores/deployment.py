@@ -4,12 +4,14 @@ Per model version (keys in `schemas/keys.py`):
 
 - `item_model_features(item, version)`: what the ranker needs about a candidate, so serving
   scores a slate with one pipelined read instead of re-running the content tower;
-- `user_batch_embedding(user)`: the batch user embedding, field pair `vec:<version>`,
-  `as_of:<version>` (the design's fallback path);
+- `user_batch_embedding(user)`: the batch user embedding, field `<version>` → the as-of ms and
+  the vector as float16 (`encode_user_embedding`; the design's fallback path). Readers still take
+  the earlier field pair `vec:<version>`, `as_of:<version>`, which a rewrite removes;
 - `DEPLOYED_MODELS`: version → record of its last completed deploy run (serving switches to a
   promoted version only once it is there, and deploy embeds every user on a version's first run).
 
-Vectors are float32 little-endian bytes: 4 bytes a component, read back with one `frombuffer`.
+Vectors are float32 little-endian bytes: 4 bytes a component, read back with one `frombuffer`;
+batch user embeddings float16 (2 bytes), one per user and version, where the bytes add up.
 
 The bandit re-derivation's swap lives here too (`swap_bandit`): it replaces a live posterior
 hash with the rebuilt one plus whatever the streaming path merged while the rebuild ran.
@@ -17,9 +19,11 @@ hash with the rebuilt one plus whatever the streaming path merged while the rebu
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import redis
@@ -27,11 +31,14 @@ import redis
 from schemas import keys
 from stores.feature_store import DEFAULT_GUARD_TTL_S, decode_decayed, encode_decayed
 from transforms.summaries import decay
+from transforms.summaries import seen as seen_set
 from transforms.summaries.decay import Decayed
 
 F32 = np.dtype("<f4")
+F16 = np.dtype("<f2")
 BATCH = 1000  # commands per pipelined round trip
 SCRATCH_TTL_S = 86_400  # rebuild debris of a crashed run expires on its own
+_REPLACE_SEEN = (Path(__file__).with_name("lua") / "replace_seen.lua").read_text()
 
 
 def encode_vector(vec: np.ndarray) -> bytes:
@@ -91,17 +98,47 @@ def read_item_features(client: redis.Redis, version: str, item_ids: Sequence[str
     return {i: ItemFeatures.from_fields(i, raw) for i, raw in zip(item_ids, pipe.execute(), strict=True) if raw}
 
 
+def encode_user_embedding(vec: np.ndarray, as_of_ms: int) -> bytes:
+    """One field a version: the width of a component (2: float16, 4: float32), the as-of ms (int64),
+    then the vector, little-endian. One field, not a `vec:`/`as_of:` pair: the version name in each
+    field name was a third of the key. float16 (relative error ≤ 2^-11, well inside serving's
+    NDCG parity) halves the vector; one that would overflow float16 stays float32."""
+    with np.errstate(over="ignore"):
+        half = np.asarray(vec, dtype=F16)
+    fits = np.isfinite(half).all() or not np.isfinite(vec).all()
+    as_of = int(as_of_ms).to_bytes(8, "little", signed=True)
+    return b"\x02" + as_of + half.tobytes() if fits else b"\x04" + as_of + encode_vector(vec)
+
+
+def user_embedding_fields(version: str) -> list[str]:
+    """The fields to HMGET for `version`'s batch embedding: this layout's, then the earlier pair."""
+    return [version, f"vec:{version}", f"as_of:{version}"]
+
+
+def decode_user_embedding(fields: Sequence[bytes | None]) -> tuple[np.ndarray, int] | None:
+    """(vector, as-of ms) from the HMGET of `user_embedding_fields`, or None: no embedding."""
+    packed, vec, as_of = fields
+    if packed is not None:
+        dtype = F16 if packed[0] == 2 else F32
+        return (np.frombuffer(packed, dtype=dtype, offset=9).astype(np.float32),
+                int.from_bytes(packed[1:9], "little", signed=True))
+    if vec is not None and as_of is not None:
+        return decode_vector(vec), int(as_of)
+    return None
+
+
 def write_user_embeddings(client: redis.Redis, version: str, user_ids: Sequence[str], vectors: np.ndarray,
                           as_of_ms: int, batch: int = BATCH) -> int:
     """The batch embedding of each user under `version`, with the clock it was computed at."""
     if len(user_ids) != len(vectors):
         raise ValueError(f"{len(vectors)} vectors for {len(user_ids)} users")
-    vec_field, as_of_field = f"vec:{version}", f"as_of:{version}"
+    _, *legacy = user_embedding_fields(version)
     for lo in range(0, len(user_ids), batch):
         pipe = client.pipeline(transaction=False)
         for user_id, vec in zip(user_ids[lo:lo + batch], vectors[lo:lo + batch], strict=True):
-            pipe.hset(keys.user_batch_embedding(user_id), mapping={vec_field: encode_vector(vec),
-                                                                   as_of_field: str(int(as_of_ms))})
+            key = keys.user_batch_embedding(user_id)
+            pipe.hset(key, version, encode_user_embedding(vec, as_of_ms))
+            pipe.hdel(key, *legacy)  # after the HSET: a reader in between still finds one
         pipe.execute()
     return len(user_ids)
 
@@ -111,29 +148,59 @@ def read_user_embeddings(client: redis.Redis, version: str,
     """user → (batch embedding, as-of ms) under `version`, for the users that have one."""
     pipe = client.pipeline(transaction=False)
     for user_id in user_ids:
-        pipe.hmget(keys.user_batch_embedding(user_id), [f"vec:{version}", f"as_of:{version}"])
-    out = {}
-    for user_id, (vec, as_of) in zip(user_ids, pipe.execute(), strict=True):
-        if vec is not None and as_of is not None:
-            out[user_id] = (decode_vector(vec), int(as_of))
-    return out
+        pipe.hmget(keys.user_batch_embedding(user_id), user_embedding_fields(version))
+    return {user_id: got for user_id, fields in zip(user_ids, pipe.execute(), strict=True)
+            if (got := decode_user_embedding(fields)) is not None}
 
 
 def write_seen(client: redis.Redis, seen: Mapping[str, Mapping[str, int]], batch: int = BATCH) -> int:
-    """Adds each user's positive items (item → last event time) to their seen set, keeping the
-    newest `keys.SEEN_MAX`. Only adds: an item once seen stays seen, so a re-run or a concurrent
-    reader never sees the set shrink (no delete-and-rewrite window)."""
-    users = list(seen)
+    """Merges each user's positive items (item → last event time) into their seen set, keeping the
+    newest `keys.SEEN_MAX` (`transforms.summaries.seen`: one compact string a user). Only adds: an
+    item once seen stays seen, so a re-run or a concurrent reader never sees the set shrink (no
+    delete-and-rewrite window). Read, merge, then compare-and-set (`lua/replace_seen.lua`), pipelined
+    `batch` users a round trip; a user whose key changed in between is read and merged again, so
+    concurrent writers converge. A sorted set of the earlier layout is read and replaced."""
+    users = [u for u in seen if seen[u]]
+    cluster = isinstance(client, redis.RedisCluster)
+    sha = client.script_load(_REPLACE_SEEN)  # on a cluster: loaded on every master
     for lo in range(0, len(users), batch):
-        pipe = client.pipeline(transaction=False)
-        for user_id in users[lo:lo + batch]:
-            items = seen[user_id]
-            if items:
+        pending = users[lo:lo + batch]
+        while pending:
+            current = _read_seen(client, pending)
+            pipe, queued = client.pipeline(transaction=False), []
+            for user_id in pending:
+                read, stored = current[user_id]
+                merged = seen_set.merge(stored, seen[user_id])
+                if merged == stored and read != "zset":
+                    continue  # nothing new: a re-run writes nothing
                 key = keys.user_seen(user_id)
-                pipe.zadd(key, {item: int(ts) for item, ts in items.items()}, gt=True)
-                pipe.zremrangebyrank(key, 0, -keys.SEEN_MAX - 1)
-        pipe.execute()
-    return sum(1 for u in users if seen[u])
+                where = {"target_nodes": client.get_node_from_key(key)} if cluster else {}
+                pipe.execute_command("EVALSHA", sha, 1, key, read, seen_set.encode(merged), **where)
+                queued.append(user_id)
+            pending = [u for u, ok in zip(queued, pipe.execute() if queued else [], strict=True) if not ok]
+    return len(users)
+
+
+def _read_seen(client: redis.Redis, user_ids: Sequence[str]) -> dict[str, tuple[str, dict[str, int]]]:
+    """user → (what `replace_seen.lua` compares: SHA-1 of the value, 'none' or 'zset'; the set)."""
+    pipe = client.pipeline(transaction=False)
+    for user_id in user_ids:
+        pipe.get(keys.user_seen(user_id))
+    out, legacy = {}, []
+    for user_id, raw in zip(user_ids, pipe.execute(raise_on_error=False), strict=True):
+        if isinstance(raw, redis.ResponseError):
+            if not str(raw).startswith("WRONGTYPE"):
+                raise raw
+            legacy.append(user_id)  # a sorted set of the earlier layout
+        else:
+            out[user_id] = ("none", {}) if raw is None else (hashlib.sha1(raw).hexdigest(), seen_set.decode(raw))
+    if legacy:
+        pipe = client.pipeline(transaction=False)
+        for user_id in legacy:
+            pipe.zrange(keys.user_seen(user_id), 0, -1, withscores=True)
+        for user_id, rows in zip(legacy, pipe.execute(), strict=True):
+            out[user_id] = ("zset", {m.decode(): int(s) for m, s in rows})
+    return out
 
 
 def prefer_batch_embedding(batch_as_of_ms: int | None, last_interaction_ms: int | None) -> bool:

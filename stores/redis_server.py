@@ -38,13 +38,13 @@ import redis
 ENV_BINARY = "PULSERANK_REDIS_SERVER"
 
 _PR_SET_PDEATHSIG = 1
-# Compact encodings for Pulserank's keys (measured by benchmarks/redis_memory.py): a user's seen set
-# (up to keys.SEEN_MAX = 1,000 items) stays a ziplist/listpack, and so do hashes whose values are
-# vectors (streaming user vectors ~1.3 KB a field, batch embeddings, item features and attributes).
-# MovieLens-100K replayed and deployed: 12.0 → 4.9 KB a user, 2.4 → 1.4 KB an item. The names are
-# Redis 6.2's; 7.x accepts them as aliases of its *-listpack-* settings. External servers: set the
-# same in redis.conf (README, "Memory and idle users").
-MEMORY_ARGS = ("--zset-max-ziplist-entries", "1024", "--hash-max-ziplist-value", "2048")
+# Compact encodings for Pulserank's keys (measured by benchmarks/redis_memory.py): hashes whose
+# values are vectors (streaming user vectors ~1.3 KB a field, batch embeddings, item features and
+# attributes) stay ziplists/listpacks, not hash tables. No zset setting: the seen set is a string
+# (transforms/summaries/seen.py) and a user's recent zset holds 10 entries. The name is Redis 6.2's;
+# 7.x accepts it as an alias of hash-max-listpack-value. External servers: set the same in
+# redis.conf (README, "Memory and idle users").
+MEMORY_ARGS = ("--hash-max-ziplist-value", "2048")
 _UNIX_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
 _DIR_PREFIX = "pulserank-redis-"
 

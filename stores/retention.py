@@ -7,7 +7,7 @@ Why a pass and not Redis `EXPIRE`: Redis counts TTLs in wall time, while the sha
 pinned (a 1998 log replayed and served as of its end), and a user's keys must go together — an
 active user who last rated a month ago keeps their emotion features. So `prune_idle_users` scans
 the user keys and, per user, one script (`lua/prune_user.lua`, every key in the user's slot)
-re-checks the last activity — the newest event time in `user_recent` or `user_seen` — against
+re-checks the last activity — the newest event time in `user_recent` or `user_seen`'s head — against
 `clock.now_ms() - idle TTL` and deletes all of the user's feature keys or none. The same code is
 right in live mode (wall clock: `pulserank live` runs it every `--prune_every_s`) and after a
 replay (pinned clock: `pulserank --as-of T prune`); it is idempotent, and a user idle exactly the

@@ -20,10 +20,11 @@ from schemas import keys
 from schemas.clock import default_clock
 from schemas.features import FeatureConfig
 from serving.context import UserContext, mood_of
-from stores.deployment import ItemFeatures, decode_vector
+from stores.deployment import ItemFeatures, decode_user_embedding, user_embedding_fields
 from stores.feature_store import decode_decayed
 from transforms.summaries import decay, sessions
 from transforms.summaries import recent as recent_summary
+from transforms.summaries import seen as seen_set
 
 TRENDING_N = 200
 
@@ -33,8 +34,8 @@ async def fetch_context(client: aioredis.Redis, user_id: str, version: str | Non
     """One pipelined round trip (no transaction: reads only, and per-user keys share a slot)."""
     pipe = client.pipeline(transaction=False)
     if version:
-        pipe.hmget(keys.user_batch_embedding(user_id), [f"vec:{version}", f"as_of:{version}"])
-    pipe.zrange(keys.user_seen(user_id), 0, -1, withscores=True)
+        pipe.hmget(keys.user_batch_embedding(user_id), user_embedding_fields(version))
+    pipe.get(keys.user_seen(user_id))
     pipe.zrevrange(keys.user_recent(user_id), 0, -1, withscores=True)
     pipe.hgetall(keys.user_sessions(user_id))
     pipe.hgetall(keys.user_emotion(user_id))
@@ -42,9 +43,7 @@ async def fetch_context(client: aioredis.Redis, user_id: str, version: str | Non
         pipe.get(keys.trending_landmark(seg))
         pipe.zrevrange(keys.trending(seg), 0, trending_n - 1, withscores=True)
     replies = await pipe.execute()
-    vec = as_of = None
-    if version:
-        vec, as_of = replies.pop(0)
+    batch = decode_user_embedding(replies.pop(0)) if version else None
     seen_raw, rec, sess, emo, seg_landmark, seg_top, glob_landmark, glob_top = replies
     session = None
     if sess:
@@ -55,9 +54,9 @@ async def fetch_context(client: aioredis.Redis, user_id: str, version: str | Non
     trending = _trending(seg_landmark, seg_top, now_ms) or _trending(glob_landmark, glob_top, now_ms)
     return UserContext(
         user_id=user_id, segment=segment, now_ms=now_ms,
-        embedding=decode_vector(vec) if vec is not None else None,
-        embedding_as_of=int(as_of) if as_of is not None else None,
-        seen={m.decode(): int(s) for m, s in seen_raw},
+        embedding=batch[0] if batch else None,
+        embedding_as_of=batch[1] if batch else None,
+        seen=seen_set.decode(seen_raw),
         recent=recent_summary.decode((int(s), m.decode()) for m, s in rec),
         session=session, mood=mood_of(emo), trending=trending,
     )

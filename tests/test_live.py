@@ -155,7 +155,9 @@ def test_appended_events_become_visible_through_the_readers(redis, redis_url, tm
     assert result.batches[1].seen_before == 1  # the retry of "a" met its marker, set by batch 1
     store = FeatureStore(redis, clock_from(AS_OF))
     user = store.user_features("1")
-    assert [r["event_id"] for r in user["recent"]] == ["e", "b", "a"]  # an impression is no interaction
+    # e, a: an impression is no interaction, and the clicks b and e on item 50 are one, at e's time
+    assert [(r["ts"], r["type"]) for r in user["recent"]] == [(parse_instant(EVENTS[5]["ts"]), "click"),
+                                                             (parse_instant(EVENTS[1]["ts"]), "rating")]
     assert user["windows"]["24h"] == {"c:Action": 3, "c:Sci-Fi": 3, "t:click": 2, "t:rating": 1}
     # Item 50 was shown once (impression d) and clicked from that request (e); user 2 skipped it.
     assert store.bandit("global")["50"].sums.tolist() == [1.0, 1.0]

@@ -123,7 +123,7 @@ def test_remerging_after_a_prune_is_still_idempotent(redis):
     # The idle user comes back: their new event starts fresh state, which the prune keeps.
     store.apply(writes(events("idle", now - 1, n=1)))
     back = store.user_features("idle")
-    assert [r["event_id"] for r in back["recent"]] == [f"idle-{now - 1}-0"]
+    assert [(r["ts"], r["type"], r["item_id"]) for r in back["recent"]] == [(now - 1, "rating", "i0")]
     assert retention.prune_idle_users(redis, Clock(now), TTL).users_pruned == 0
 
 

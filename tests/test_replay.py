@@ -43,7 +43,7 @@ def test_replay_reconciles_and_writes_features(tmp_path: Path, redis: redis_lib.
 
     store = FeatureStore(redis, clock_from(AS_OF))
     user = store.user_features("1")
-    assert [r["event_id"] for r in user["recent"]] == ["b", "a"]
+    assert [(r["type"], r["item_id"]) for r in user["recent"]] == [("click", "50"), ("rating", "50")]  # b, a
     assert user["windows"]["24h"] == {"c:Action": 2, "c:Sci-Fi": 2, "t:click": 1, "t:rating": 1}
     assert user["session"]["length"] == 2
     # The skip is a non-click (β+1); the organic click (no request_id) and the rating leave α at 0.

@@ -114,7 +114,7 @@ def test_the_same_pipeline_runs_locally_with_a_test_stream_as_its_source(redis, 
     p.run().wait_until_finish()
 
     user = FeatureStore(redis, clock_from(AS_OF)).user_features("1")
-    assert [r["event_id"] for r in user["recent"]] == ["b", "a"]
+    assert [(r["type"], r["item_id"]) for r in user["recent"]] == [("click", "50"), ("rating", "50")]  # b, a
     assert user["windows"]["24h"] == {"c:Action": 2, "t:click": 1, "t:rating": 1}
     dead = event_stream.dead_letters(redis)
     assert [(d["source"], d["field"], d["raw"]) for d in dead] == [("test:3", "$", "not json")]

@@ -59,7 +59,7 @@ def context_observations(event: Event, info: ItemInfo) -> list[Keyed]:
     return [
         (keys.user_windows(event.user_id), Partial("counts", d, windows.fields_for(event.ts, labels))),
         (keys.user_recent(event.user_id),
-         Partial("recent", d, ((event.ts, recent.member(event.event_id, event.type.value, event.item_id)),))),
+         Partial("recent", d, ((event.ts, recent.member(event.type.value, event.item_id)),))),
         (keys.user_sessions(event.user_id),
          Partial("sessions", d, sessions.observe(event.ts, event.event_id, str(session_id) if session_id else None,
                                                  event.context.surface, event.context.device))),
