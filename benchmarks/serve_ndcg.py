@@ -61,7 +61,9 @@ def main() -> None:
     registry.publish(str(root), version, {n: registry.load_version(args.registry, version).file_path(n)
                                           for n in meta["files"]}, meta)
     registry.promote(str(root), version)
-    deploy(str(root), version, [str(log)], url, store, clock=Clock(end))
+    # every user of the log, as the offline evaluation scores them: no idle cut-off (else users
+    # idle > 90 days at the log's end get neither a seen set nor an embedding)
+    deploy(str(root), version, [str(log)], url, store, clock=Clock(end), idle_days=None)
     prepared = time.perf_counter() - t0
     server = ServerThread(ServeConfig(listen="127.0.0.1:0", registry=str(root), redis_url=url, vector_store=store),
                           Clock(end))

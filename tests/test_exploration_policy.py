@@ -87,6 +87,21 @@ def test_wilson_hilferty_gamma_is_within_the_stated_distance_of_the_exact_one(sh
     assert np.max(np.abs(gammainc(shape, x) - ndtr(z))) <= 0.0055 / shape
 
 
+def test_the_normal_table_is_within_its_stated_distance_of_the_normal() -> None:
+    from scipy.special import ndtr
+
+    from serving.exploration import _normal_quantiles
+
+    table = _normal_quantiles()
+    assert table.size == 1 << 16 and np.all(np.diff(table) > 0)
+    # the table's CDF jumps by 1/n at each point; the normal's CDF sits halfway up every jump
+    cdf = ndtr(table)
+    steps = (np.arange(table.size) + 0.5) / table.size
+    assert np.max(np.abs(cdf - steps)) < 1e-12
+    draws = table[np.frombuffer(np.random.default_rng(0).bytes(2 * 400_000), np.uint16)]
+    assert abs(draws.mean()) < 0.005 and abs(draws.std() - 1.0) < 0.005
+
+
 def _distribution(scores: np.ndarray, k: int) -> np.ndarray:
     order = np.argsort(-scores, axis=1)[:, :k]
     return np.stack([np.bincount(order[:, j], minlength=scores.shape[1]) for j in range(k)], axis=1) / len(scores)
