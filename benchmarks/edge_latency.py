@@ -149,9 +149,11 @@ async def measure(addrs: dict[str, str], pids: dict[str, int], users: list[str],
                 if t is origin:
                     await asyncio.sleep(1.5)  # the edge forwards impressions each second: let them drain
                 sources.clear()
-                cpu = cpu_seconds(t.pid)
+                cpu, peer = cpu_seconds(t.pid), cpu_seconds(origin.pid)
                 run = await run_load(t, reqs)
                 run.cpu_s = cpu_seconds(t.pid) - cpu
+                if t is edge:  # the origin's share: misses it answers, impressions it is forwarded
+                    run.peer_cpu_s = cpu_seconds(origin.pid) - peer
                 run.target = name
                 rows.append((name, run, Counter(sources)))
                 errors = f", errors {dict(run.errors)}" if run.errors else ""
@@ -256,16 +258,19 @@ def in_process(registry_root: Path, data: Path, calls: int) -> dict[str, np.ndar
 
 
 def report(rows: list[tuple[str, Run, Counter]], timings: dict[str, np.ndarray], rate: float) -> None:
-    print("\nEdge latency over gRPC (client-side ms; CPU = the server process's ms per request)")
-    head = f"{'target':>22} | {'load':>9} | {'n':>5} | {'p50':>6} | {'p99':>6} | {'max':>6} | {'CPU':>5} | sources"
+    print("\nEdge latency over gRPC (client-side ms; CPU = the server process's ms per request; "
+          "origin CPU = the origin's ms per edge request meanwhile)")
+    head = (f"{'target':>22} | {'load':>9} | {'n':>5} | {'p50':>6} | {'p99':>6} | {'max':>6} | {'CPU':>5} | "
+            f"{'origin CPU':>10} | sources")
     print(head)
     print("-" * (len(head) + 20))
     for name, run, sources in rows:
         mx = max(run.latencies_ms) if run.latencies_ms else float("nan")
         src = ", ".join(f"{s} {c}" for s, c in sorted(sources.items())) or "-"
         errors = f"; errors {dict(run.errors)}" if run.errors else ""
+        peer = f"{run.peer_cpu_s * 1000 / len(run.latencies_ms):>10.2f}" if run.peer_cpu_s else f"{'':>10}"
         print(f"{name:>22} | {run.load:>9} | {len(run.latencies_ms):>5} | {run.pct(50):>6.2f} | {run.pct(99):>6.2f} | "
-              f"{mx:>6.1f} | {run.cpu_ms:>5.2f} | {src}{errors}")
+              f"{mx:>6.1f} | {run.cpu_ms:>5.2f} | {peer} | {src}{errors}")
 
     print("\nratios")
     by = {(name, run.load): run for name, run, _ in rows}

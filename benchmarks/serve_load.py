@@ -225,6 +225,7 @@ class Run:
     candidates: dict[str, float] = field(default_factory=dict)  # source → mean per request
     server_ms: tuple[float, float, float] | None = None  # the handler's own time (mean, p50, p99)
     cpu_s: float = 0.0  # CPU time the server process used during the run (all its threads)
+    peer_cpu_s: float = 0.0  # CPU time a process behind it used meanwhile (an edge's origin)
 
     def pct(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
