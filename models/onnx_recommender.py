@@ -16,6 +16,7 @@ import numpy as np
 from models.examples import CATEGORIES_LEN, SERVING_HISTORY_LEN, categories_row, context_features, history_matrix
 from schemas.content_contract import MODEL_FILE, ContentContract, catalog_inputs
 from schemas.events import Event
+from stores.deployment import as_stored
 
 USER_TOWER = "user_tower.onnx"
 ITEM_TOWER = "item_tower.onnx"
@@ -88,7 +89,7 @@ class OnnxRecommender:
                     "history": _strings(history).reshape(len(batch), len(history[0])),
                     "context": context[lo : lo + _USER_BATCH]}
             parts.append(self._run(USER_TOWER, feed, "embedding"))
-        return np.concatenate(parts), context
+        return as_stored(np.concatenate(parts)), context  # what deploy stores and serving reads
 
     def score(self, users: np.ndarray) -> np.ndarray:
         users = np.asarray(users)

@@ -36,7 +36,8 @@ class Scorer:
         self.user = _session(state.files[USER_TOWER])
         self.ranker = _session(state.files[RANKER])
         self.content_dim = int(spec.get("content_dim", 0))
-        dim = self.ranker.get_inputs()[0].shape[1]  # user_embedding [N, D + 1]
+        # user_embedding [N, D + 1], found by name: the exported input order is not a contract
+        dim = next(a.shape[1] for a in self.ranker.get_inputs() if a.name == "user_embedding")
         self.embedding_dim = dim if isinstance(dim, int) else -1
         width = next((a.shape[1] for a in self.user.get_inputs() if a.name == "history"), None)
         self.history_width = width if isinstance(width, int) else None

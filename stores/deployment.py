@@ -110,6 +110,18 @@ def encode_user_embedding(vec: np.ndarray, as_of_ms: int) -> bytes:
     return b"\x02" + as_of + half.tobytes() if fits else b"\x04" + as_of + encode_vector(vec)
 
 
+def as_stored(vectors: np.ndarray) -> np.ndarray:
+    """Batch user embeddings (rows) as serving reads them back from `encode_user_embedding`: each
+    row rounded to float16 unless that overflows. The offline evaluation scores these, so the
+    NDCG it reports is the one served, not float32's."""
+    out = np.asarray(vectors, dtype=np.float32).copy()
+    with np.errstate(over="ignore"):
+        half = out.astype(F16)
+    fits = np.isfinite(half).all(axis=1) | ~np.isfinite(out).all(axis=1)
+    out[fits] = half[fits].astype(np.float32)
+    return out
+
+
 def user_embedding_fields(version: str) -> list[str]:
     """The fields to HMGET for `version`'s batch embedding: this layout's, then the earlier pair."""
     return [version, f"vec:{version}", f"as_of:{version}"]

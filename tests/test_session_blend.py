@@ -72,3 +72,16 @@ def test_the_blend_stays_on_the_segment_between_the_two(n: int) -> None:
     out = blend_session(whole, session, n)
     w = n / (n + SESSION_HALF)
     np.testing.assert_allclose(out - whole, w * (session - whole))
+
+
+def test_a_fresh_batch_embedding_is_served_as_it_is(trained_registry) -> None:
+    """The ranker's user_embedding width is read by name, so a batch embedding of that width with no
+    positives after it is used as deployed (no tower run, no blend), current session or not."""
+    personalizer = Personalizer(None, None, ActiveModel(trained_registry.root), WALL)
+    scorer = Scorer(personalizer.active.state)
+    batch = scorer.embed_user("u", ["x"], context_features(1, NOW))
+    assert scorer.embedding_dim == batch.shape[0]
+    ctx = _ctx([_event(NOW - 10_000, "a")], NOW - 3_600_000)
+    ctx.embedding, ctx.embedding_as_of = batch * 2, NOW - 1000  # newer than every interaction
+    vec, source = personalizer.user_embedding(scorer, ctx)
+    assert source == "batch" and np.array_equal(vec, batch * 2)
