@@ -45,6 +45,7 @@ STEPS = 9
 HOUR_MS = 3_600_000
 SHIFT_MAX = 9  # items of the new intent the session visits (at most; half the unseen ones on a small catalogue)
 TOP_N = 10
+CALIBRATION_USERS = 80  # more than the 64 pools each tier calibrates on
 FRESHNESS_TIMEOUT_S = 60.0  # the design's target; ours is ≤ 2 s
 TRAIN_STAGES = ("read + split", "preprocess (Beam + TFT)", "train", "export (ONNX + parity)", "evaluate", "publish")
 _STAGE_DONE = re.compile(r"^\[(.+)\] done in ([\d.]+)s$")
@@ -367,12 +368,33 @@ class Tier:
         self.live.wait_ready(180)
         ui.note(f"live mode, pid {self.live.proc.pid}: {self.live.ready_line.removeprefix('live: ')}")
 
+    def calibrate(self, users: list[str], ui: Progress, timeout_s: float = 30.0) -> None:
+        """Warm-up: each tier calibrates its n0 to the exploration share on the pools it explored
+        (64 at least), so the lists below flag ~12 % of items explored rather than the defaults'
+        share. Each user is asked of the edge twice: a miss (the origin explores, its pool is
+        cached), then a hit (the edge explores that pool)."""
+        from schemas import personalization_pb2 as pb
+
+        stub = self.stub()
+        for _ in range(2):
+            for u in users:
+                stub.Personalize(pb.PersonalizeRequest(user_id=u, n=TOP_N), timeout=10)
+        origin, edge = self.origin.running.origin.models["production"], self.edge.edge
+        deadline = time.monotonic() + timeout_s
+        while (origin.calibration is None or edge.calibration is None) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        done = [f"{name} n0 {p.n0:,.0f}" for name, p, cal in
+                (("origin", origin, origin.calibration), ("edge", edge.exploration, edge.calibration)) if cal]
+        ui.note(f"exploration calibrated to a {origin.calibrator.share:.0%} share on {len(users)} other users' "
+                f"requests: " + (", ".join(done) or "not yet (the defaults stand)"))
+
     def stub(self):
         import grpc
 
         from schemas import personalization_pb2_grpc as pb_grpc
 
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.edge.port}")
+        if self.channel is None:
+            self.channel = grpc.insecure_channel(f"127.0.0.1:{self.edge.port}")
         return pb_grpc.PersonalizationStub(self.channel)
 
     def stop(self, ui: Progress) -> None:
@@ -508,6 +530,8 @@ def demo(data: str, workdir: Path, cache_dir: Path, registry: str | None = None,
             with ui.step(f"start the origin and an edge (gRPC on loopback) and the local live mode, the clock "
                          f"pinned an hour later, {format_instant(t1)}"):
                 tier.start(url, root, store_url, workdir, t1, ui)
+                story_user = user or pick_user(view)
+                tier.calibrate([u for u in sorted(view.positives) if u != story_user][:CALIBRATION_USERS], ui)
             res.ports = {"origin": tier.origin.running.port, "edge": tier.edge.port}
             res.live_pid, res.live_log = tier.live.proc.pid, str(tier.live.log_path)
             _story(tier.stub(), FeatureStore(client, Clock(t1)), view, t1, user, intent, ui, res)

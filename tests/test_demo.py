@@ -145,7 +145,10 @@ def test_before_and_after_lists_show_explanations_exploration_and_the_tier(run) 
         rows = _rows(out, title)
         assert [int(r.group(1)) for r in rows] == list(range(1, 11)), title
         assert re.search(rf"      {title}: answered by the origin in \d+ ms", out)
-    assert sum(bool(r.group(5)) for title in ("before", "after") for r in _rows(out, title)) > 0  # some explored
+    # both tiers calibrated their exploration before the story (so ~12 % of shown items are flagged,
+    # which two lists of 10 may or may not show; the share itself is tested in test_serve / test_edge)
+    assert re.search(r"exploration calibrated to a 12% share on 80 other users' requests: origin n0 [\d,]+, "
+                     r"edge n0 [\d,]+", out)
     assert len(re.findall(r"why #\d: \S.{20,}", out)) >= 4  # the explanations of the first items
     assert "the edge_scorer answered" in out  # a repeat request answered from the edge's cache
     assert "a miss: the purchase dropped the user's cached lists" in out
