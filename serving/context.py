@@ -40,16 +40,19 @@ class UserContext:
 
     def positives_since_deploy(self) -> list[str]:
         """Positive items of the last interactions newer than the batch embedding, newest first."""
-        since = self.embedding_as_of or 0
-        return list(dict.fromkeys(r["item_id"] for r in self.recent
-                                  if r.get("item_id") and r["type"] in POSITIVE and r["ts"] > since))
+        return self.positives_since((self.embedding_as_of or 0) + 1)
+
+    def positives_since(self, since_ms: int | None = None) -> list[str]:
+        """Distinct positive items of the last interactions at or after `since_ms`, newest first."""
+        return list(dict.fromkeys(r["item_id"] for r in self.recent if r.get("item_id") and r["type"] in POSITIVE
+                                  and (since_ms is None or r["ts"] >= since_ms)))
 
     def seen_items(self) -> set[str]:
         return set(self.seen) | {r["item_id"] for r in self.recent if r.get("item_id") and r["type"] in POSITIVE}
 
     def history(self, n: int) -> list[str]:
         """Distinct positive items, newest first: the last interactions, then the seen set."""
-        out = list(dict.fromkeys(r["item_id"] for r in self.recent if r.get("item_id") and r["type"] in POSITIVE))
+        out = self.positives_since()
         for item, _ in sorted(self.seen.items(), key=lambda kv: -kv[1]):
             if len(out) >= n:
                 break

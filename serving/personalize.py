@@ -34,7 +34,7 @@ from schemas import personalization_pb2 as pb
 from schemas.features import context_features
 from serving import exploration
 from serving.active_model import ActiveModel, collections_of
-from serving.context import POSITIVE, UserContext
+from serving.context import UserContext
 from serving.edge_bandit import DEFAULT_TARGET_SHARE, EdgeExploration, ShareCalibrator
 from serving.scoring import Scorer
 from stores.deployment import ItemFeatures
@@ -198,11 +198,7 @@ def pool(p: np.ndarray, sources: Sequence[set[str]], size: int, per_source: int)
 
 def session_items(ctx: UserContext) -> list[str]:
     """The current session's distinct positive items among the last interactions, newest first."""
-    if not ctx.session:
-        return []
-    start = ctx.session["start"]
-    return list(dict.fromkeys(r["item_id"] for r in ctx.recent
-                              if r.get("item_id") and r["type"] in POSITIVE and r["ts"] >= start))
+    return ctx.positives_since(ctx.session["start"]) if ctx.session else []
 
 
 def blend_session(whole: np.ndarray, session: np.ndarray, n_session: int, half: float = SESSION_HALF) -> np.ndarray:
