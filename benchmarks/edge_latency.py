@@ -30,7 +30,7 @@ items of the catalogue (origin probabilities from `pipelines.bandit_sim.calibrat
 10 recent items); the edge bandit (`edge_slate`, 20 of 100, synced-like counts) at n_sim 250 (the
 edge's), 100 and with exploration off; and a whole hit without gRPC (`Edge.personalize` on an edge
 that was never started, lists cached directly) with its two parts, `serve_cached` (view, scorer,
-bandit, response) and the impression logging (events built, converted to protos for forwarding).
+bandit, response) and the impression logging (one `Slate` message built for forwarding, local shown counts).
 """
 
 from __future__ import annotations
@@ -225,8 +225,8 @@ def in_process(registry_root: Path, data: Path, calls: int) -> dict[str, np.ndar
 
         async def personalize(i: int) -> None:
             responses[i % len(reqs)] = await edge.personalize(reqs[i % len(reqs)])
-            if len(edge._outbox) > 10_000:  # never flushed here (no origin): keep memory flat
-                edge._outbox.clear()
+            if len(edge._slates) > 1_000:  # never flushed here (no origin): keep memory flat
+                edge._slates.clear()
 
         def serve_cached(i: int) -> None:
             r = reqs[i % len(reqs)]
@@ -235,8 +235,8 @@ def in_process(registry_root: Path, data: Path, calls: int) -> dict[str, np.ndar
         def impressions(i: int) -> None:
             r = reqs[i % len(reqs)]
             edge._log_impressions(r, responses[i % len(reqs)], "global")
-            if len(edge._outbox) > 10_000:
-                edge._outbox.clear()
+            if len(edge._slates) > 1_000:
+                edge._slates.clear()
 
         for i in range(100):
             await personalize(i)

@@ -10,6 +10,7 @@ Instants are integer epoch milliseconds (UTC) everywhere inside the system.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -76,8 +77,11 @@ def _parse_rfc3339(text: str) -> int:
     return (int(dt.timestamp()) - offset_min * 60) * 1000 + millis
 
 
+@functools.lru_cache(maxsize=1024)
 def format_instant(ms: int) -> str:
-    """RFC 3339 in UTC with millisecond precision (the canonical form in logs)."""
+    """RFC 3339 in UTC with millisecond precision (the canonical form in logs).
+
+    Cached: a served list's impressions, and a busy second's events, share their instants."""
     dt = datetime.fromtimestamp(ms // 1000, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
 

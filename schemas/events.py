@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -181,6 +181,47 @@ class Event:
 def to_json_line(event: Event) -> str:
     """One compact JSON line (no newline) in canonical form."""
     return json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+
+class SlotError(EventError):
+    """`parse_impressions` refused one slot: `slot` is its index in the slots given."""
+
+    def __init__(self, slot: int, field: str, reason: str) -> None:
+        super().__init__(field, reason)
+        self.slot = slot
+
+
+def parse_impressions(base: Mapping[str, Any], slots: Sequence[tuple[str, str, int, float]]) -> list[Event]:
+    """The `impression` events of one shown list, each exactly what `parse_event` returns for it.
+
+    `base`: the contract fields every slot shares (ts, user_id, request_id, variant, context);
+    `slots`: (event_id, item_id, position, propensity) per shown item. The shared fields are
+    validated once, with the first slot, instead of once per item: a list's impressions are
+    most of what serving logs. Raises `SlotError` (the slot, the field, why).
+    """
+    if not slots:
+        return []
+    try:
+        first = parse_event({**base, "type": EventType.IMPRESSION.value, **_slot_fields(slots[0])})
+    except EventError as err:
+        raise SlotError(0, err.field, err.reason) from None
+    out = [first]
+    for k in range(1, len(slots)):
+        event_id, item_id, position, propensity = slots[k]
+        try:
+            out.append(Event(
+                event_id=_identifier(event_id, "event_id"), ts=first.ts, type=EventType.IMPRESSION,
+                item_id=_identifier(item_id, "item_id"), user_id=first.user_id, context=first.context,
+                request_id=first.request_id, position=_position(position), propensity=_propensity(propensity),
+                variant=first.variant))
+        except EventError as err:
+            raise SlotError(k, err.field, err.reason) from None
+    return out
+
+
+def _slot_fields(slot: tuple[str, str, int, float]) -> dict[str, Any]:
+    event_id, item_id, position, propensity = slot
+    return {"event_id": event_id, "item_id": item_id, "position": position, "propensity": propensity}
 
 
 def try_parse_event(raw: object) -> Event | EventError:

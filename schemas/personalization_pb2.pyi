@@ -209,11 +209,31 @@ class Event(_message.Message):
     attributes: ItemAttributes
     def __init__(self, event_id: _Optional[str] = ..., ts_ms: _Optional[int] = ..., ts_rfc3339: _Optional[str] = ..., user_id: _Optional[str] = ..., type: _Optional[str] = ..., item_id: _Optional[str] = ..., value: _Optional[float] = ..., text: _Optional[str] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., request_id: _Optional[str] = ..., position: _Optional[int] = ..., propensity: _Optional[float] = ..., variant: _Optional[str] = ..., attributes: _Optional[_Union[ItemAttributes, _Mapping]] = ...) -> None: ...
 
+class Slate(_message.Message):
+    __slots__ = ("request_id", "user_id", "ts_ms", "variant", "context", "item_ids", "propensities")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    TS_MS_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    PROPENSITIES_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    user_id: str
+    ts_ms: int
+    variant: str
+    context: Context
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    propensities: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., ts_ms: _Optional[int] = ..., variant: _Optional[str] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., item_ids: _Optional[_Iterable[str]] = ..., propensities: _Optional[_Iterable[float]] = ...) -> None: ...
+
 class RecordEventsRequest(_message.Message):
-    __slots__ = ("events",)
+    __slots__ = ("events", "slates")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    SLATES_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[Event]
-    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+    slates: _containers.RepeatedCompositeFieldContainer[Slate]
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., slates: _Optional[_Iterable[_Union[Slate, _Mapping]]] = ...) -> None: ...
 
 class Rejection(_message.Message):
     __slots__ = ("index", "field", "reason")
@@ -226,12 +246,14 @@ class Rejection(_message.Message):
     def __init__(self, index: _Optional[int] = ..., field: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RecordEventsResponse(_message.Message):
-    __slots__ = ("accepted", "rejections")
+    __slots__ = ("accepted", "rejections", "slate_rejections")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    SLATE_REJECTIONS_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     rejections: _containers.RepeatedCompositeFieldContainer[Rejection]
-    def __init__(self, accepted: _Optional[int] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ...) -> None: ...
+    slate_rejections: _containers.RepeatedCompositeFieldContainer[Rejection]
+    def __init__(self, accepted: _Optional[int] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., slate_rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
     __slots__ = ("user_id", "item_id", "context")

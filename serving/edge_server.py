@@ -42,7 +42,7 @@ from serving import edge_bandit
 from serving.edge_cache import CachedList, PersonalizedCache, TtlPolicy, cache_key
 from serving.edge_scorer import EdgeScorer
 from serving.edge_view import EdgeView, SyncClient
-from serving.events import BatchError, impression_event_id, validate_batch
+from serving.events import DEFAULT_MAX_BATCH, BatchError, intake_response, validate_batch
 from serving.personalize import has_filters
 from serving.server import (
     SERVICE,
@@ -57,6 +57,7 @@ from serving.server import (
 log = logging.getLogger("pulserank.edge")
 
 DEFAULT_SEGMENT = "global"
+FORWARD_BATCH = DEFAULT_MAX_BATCH  # events (a slate's items counted each) per forwarding call: an origin's cap
 ORIGIN_ERRORS = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
                  grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED)
 
@@ -89,6 +90,7 @@ class EdgeCounters:
     degraded: int = 0
     unavailable: int = 0
     forwarded_events: int = 0
+    refused_events: int = 0  # forwarded, refused whole by an origin (INVALID_ARGUMENT): logged, not retried
 
 
 def _complex(req: pb.PersonalizeRequest) -> bool:
@@ -146,7 +148,8 @@ class Edge:
         self.rng = np.random.default_rng(seed)
         self.counters = EdgeCounters()
         self._tasks: list[asyncio.Task] = []
-        self._outbox: list = []
+        self._outbox: list[pb.Event] = []  # client events, forwarded as they came
+        self._slates: list[pb.Slate] = []  # the shown lists of answers from the cache, one message each
 
     async def start(self) -> None:
         await asyncio.to_thread(self.scorer.refresh)
@@ -186,13 +189,27 @@ class Edge:
         return self.calibrator.run(self.scorer.version or "", apply)
 
     async def flush_events(self) -> None:
-        while self._outbox:
-            batch, self._outbox = self._outbox[:500], self._outbox[500:]
+        """Forwards what is waiting, in batches an origin takes (events and the slates' items within
+        its cap); on failure the rest waits for the next flush."""
+        while self._outbox or self._slates:
+            events, slates, size = self._outbox[:FORWARD_BATCH], [], 0
+            for slate in self._slates:
+                if size + len(events) + len(slate.item_ids) > FORWARD_BATCH and (slates or events):
+                    break
+                slates.append(slate)
+                size += len(slate.item_ids)
+            self._outbox, self._slates = self._outbox[len(events):], self._slates[len(slates):]
             try:
-                await self.origins.call("RecordEvents", pb.RecordEventsRequest(events=batch), 2.0)
-                self.counters.forwarded_events += len(batch)
-            except (grpc.aio.AioRpcError, TimeoutError):
-                self._outbox = batch + self._outbox
+                await self.origins.call("RecordEvents", pb.RecordEventsRequest(events=events, slates=slates), 2.0)
+                self.counters.forwarded_events += len(events) + size
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                    self._outbox, self._slates = events + self._outbox, slates + self._slates
+                    return
+                log.error("an origin refused %d forwarded events: %s", len(events) + size, exc.details())
+                self.counters.refused_events += len(events) + size
+            except TimeoutError:
+                self._outbox, self._slates = events + self._outbox, slates + self._slates
                 return
 
     async def close(self) -> None:
@@ -275,16 +292,15 @@ class Edge:
         return answer
 
     def _log_impressions(self, req, resp: pb.PersonalizeResponse, segment: str) -> None:
-        """One impression per shown item, built as the wire message directly (the slate's own
-        values need no contract check; the origin validates what it receives)."""
+        """The shown list as one `Slate` (the origin expands and validates its impressions, with the
+        event ids it gives its own), and each item counted shown at once for the edge bandit."""
         now = self.clock.now_ms()
-        context = pb.Context(segment=segment)
-        for i in resp.items:
-            self.view.add_local_outcome(segment, i.item_id, clicked=False, ts_ms=now)
-            self._outbox.append(pb.Event(
-                event_id=impression_event_id(resp.request_id, i.position), ts_ms=now, user_id=req.user_id,
-                type="impression", item_id=i.item_id, request_id=resp.request_id, position=i.position,
-                propensity=i.propensity, variant=resp.variant, context=context))
+        items = [i.item_id for i in resp.items]
+        for item in items:
+            self.view.add_local_outcome(segment, item, clicked=False, ts_ms=now)
+        self._slates.append(pb.Slate(
+            request_id=resp.request_id, user_id=req.user_id, ts_ms=now, variant=resp.variant,
+            context=pb.Context(segment=segment), item_ids=items, propensities=[i.propensity for i in resp.items]))
 
     def record(self, events) -> None:
         """Accepted client events: the view at once (the view's hook invalidates cached lists on a
@@ -345,13 +361,12 @@ class EdgeServicer:
         if isinstance(req, Malformed):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: {req.error}")
         try:
-            intake = validate_batch(req.events)
+            intake = validate_batch(req.events, slates=req.slates)
         except BatchError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{exc.field}: {exc.reason}")
         self.edge.record(intake.accepted)
         asyncio.create_task(self.edge.flush_events())
-        return pb.RecordEventsResponse(accepted=len(intake.accepted), rejections=[
-            pb.Rejection(index=i, field=f, reason=r) for i, f, r in intake.rejections])
+        return intake_response(intake)
 
     async def Explain(self, req, context):
         if isinstance(req, Malformed):

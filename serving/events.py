@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import json_format
 
 from schemas import personalization_pb2
-from schemas.events import MAX_ID_LEN, Event, EventError, EventType, parse_event, try_parse_event
+from schemas.events import MAX_ID_LEN, Event, EventError, SlotError, parse_impressions, try_parse_event
 
 DEFAULT_MAX_BATCH = 1000
 _NON_FINITE = frozenset({"NaN", "Infinity", "-Infinity"})
@@ -39,10 +39,12 @@ class BatchError(ValueError):
 
 @dataclass(frozen=True)
 class Intake:
-    """A validated batch: accepted events in request order, and (index, field, reason) per refusal."""
+    """A validated batch: accepted events in request order (then the accepted slates' impressions),
+    and (index, field, reason) per refused event and per refused slate."""
 
     accepted: list[Event]
     rejections: list[tuple[int, str, str]]
+    slate_rejections: list[tuple[int, str, str]] = field(default_factory=list)
 
 
 def event_from_proto(msg: personalization_pb2.Event) -> dict:
@@ -62,13 +64,16 @@ def event_from_proto(msg: personalization_pb2.Event) -> dict:
     return out
 
 
-def validate_batch(msgs: Sequence[personalization_pb2.Event], max_batch: int = DEFAULT_MAX_BATCH) -> Intake:
-    """Validates each event on its own; one bad event never fails the others.
+def validate_batch(msgs: Sequence[personalization_pb2.Event], max_batch: int = DEFAULT_MAX_BATCH,
+                   slates: Sequence[personalization_pb2.Slate] = ()) -> Intake:
+    """Validates each event and each slate on its own; one bad one never fails the others.
 
-    Raises `BatchError` (field "events") only when the batch is larger than `max_batch`.
+    Raises `BatchError` only when the batch (events plus the slates' items) is larger than `max_batch`.
     """
-    if len(msgs) > max_batch:
-        raise BatchError("events", f"more than {max_batch} events in one batch ({len(msgs)})")
+    size = len(msgs) + sum(len(s.item_ids) for s in slates)
+    if size > max_batch:
+        field_name = "slates" if slates else "events"
+        raise BatchError(field_name, f"more than {max_batch} events in one batch ({size})")
     accepted: list[Event] = []
     rejections: list[tuple[int, str, str]] = []
     for i, msg in enumerate(msgs):
@@ -77,7 +82,23 @@ def validate_batch(msgs: Sequence[personalization_pb2.Event], max_batch: int = D
             rejections.append((i, result.field, result.reason))
         else:
             accepted.append(result)
-    return Intake(accepted, rejections)
+    slate_rejections: list[tuple[int, str, str]] = []
+    for i, slate in enumerate(slates):
+        try:
+            accepted.extend(slate_events(slate))
+        except EventError as err:
+            slate_rejections.append((i, err.field, err.reason))
+    return Intake(accepted, rejections, slate_rejections)
+
+
+def intake_response(intake: Intake) -> personalization_pb2.RecordEventsResponse:
+    """What `RecordEvents` answers for a validated batch (origin and edge alike)."""
+    def rejections(found: list[tuple[int, str, str]]) -> list[personalization_pb2.Rejection]:
+        return [personalization_pb2.Rejection(index=i, field=f, reason=r) for i, f, r in found]
+
+    return personalization_pb2.RecordEventsResponse(accepted=len(intake.accepted),
+                                                    rejections=rejections(intake.rejections),
+                                                    slate_rejections=rejections(intake.slate_rejections))
 
 
 def impression_event_id(request_id: str, position: int) -> str:
@@ -95,17 +116,42 @@ def impression_events(request_id: str, user_id: str, items: Sequence[tuple[str, 
 
     Raises `EventError` on a value the contract refuses (a serving bug, e.g. propensity 0).
     """
-    base: dict[str, Any] = {"ts": ts_ms, "user_id": user_id, "type": EventType.IMPRESSION.value,
-                            "request_id": request_id}
+    base: dict[str, Any] = {"ts": ts_ms, "user_id": user_id, "request_id": request_id}
     if variant:
         base["variant"] = variant
     if context:
         base["context"] = dict(context)
-    return [
-        parse_event({**base, "event_id": impression_event_id(request_id, position), "item_id": item_id,
-                     "position": position, "propensity": propensity})
-        for item_id, position, propensity in items
-    ]
+    return parse_impressions(base, [(impression_event_id(request_id, position), item_id, position, propensity)
+                                    for item_id, position, propensity in items])
+
+
+_SLOT_FIELDS = {"item_id": "item_ids", "propensity": "propensities", "position": "item_ids"}
+
+
+def slate_events(msg: personalization_pb2.Slate) -> list[Event]:
+    """A `Slate`'s impressions, as `impression_events` makes them for the same list.
+
+    Raises `EventError` naming the slate's field: "request_id", "ts_ms", "item_ids[3]", ...
+    """
+    if not msg.request_id:
+        raise EventError("request_id", "required")
+    if not msg.user_id:
+        raise EventError("user_id", "required")
+    if not msg.item_ids:
+        raise EventError("item_ids", "empty: a slate shows at least one item")
+    if len(msg.propensities) != len(msg.item_ids):
+        raise EventError("propensities", f"expected {len(msg.item_ids)} values (one per item), "
+                                         f"got {len(msg.propensities)}")
+    context = json_format.MessageToDict(msg.context, preserving_proto_field_name=True) if msg.HasField("context") \
+        else None
+    shown = [(item, k, _number(p)) for k, (item, p) in enumerate(zip(msg.item_ids, msg.propensities, strict=True))]
+    try:
+        return impression_events(msg.request_id, msg.user_id, shown, msg.variant, msg.ts_ms,
+                                 _flatten_extra(context) if context else None)
+    except SlotError as err:
+        if err.field in _SLOT_FIELDS:
+            raise EventError(f"{_SLOT_FIELDS[err.field]}[{err.slot}]", err.reason) from None
+        raise EventError("ts_ms" if err.field == "ts" else err.field, err.reason) from None
 
 
 def _number(v: Any) -> Any:

@@ -44,7 +44,7 @@ from serving import ab, explain, gateway, llm
 from serving.active_model import ActiveModel
 from serving.config import ServeConfig
 from serving.edge_sync import EdgeSyncServicer, SyncHub
-from serving.events import BatchError, impression_events, validate_batch
+from serving.events import BatchError, impression_events, intake_response, validate_batch
 from serving.metrics import ServingMetrics
 from serving.personalize import DEFAULT_SEGMENT, NoModelError, Outcome, Personalizer, Shown, Variant
 from stores import deployment
@@ -406,7 +406,7 @@ class Servicer:
         if isinstance(req, Malformed):
             await self._abort(context, "RecordEvents", grpc.StatusCode.INVALID_ARGUMENT, f"request: {req.error}")
         try:
-            intake = validate_batch(req.events)
+            intake = validate_batch(req.events, slates=req.slates)
         except BatchError as exc:
             await self._abort(context, "RecordEvents", grpc.StatusCode.INVALID_ARGUMENT, f"{exc.field}: {exc.reason}")
         if intake.accepted:
@@ -419,8 +419,7 @@ class Servicer:
                 if e.user_id and e.item_id and e.type.value != "impression":  # an edge's own impressions
                     o.hub.observe(e.user_id, e.item_id, e.type.value, e.ts, session_of(e))
         o.metrics.requests.labels("RecordEvents", "OK").inc()
-        return pb.RecordEventsResponse(accepted=len(intake.accepted), rejections=[
-            pb.Rejection(index=i, field=f, reason=r) for i, f, r in intake.rejections])
+        return intake_response(intake)
 
     async def Explain(self, req, context) -> pb.ExplainResponse:
         o = self.o

@@ -50,7 +50,8 @@ class Publisher(Protocol):
 
 
 class RedisStreamPublisher:
-    """XADDs a batch to the live event stream in one pipelined round trip (entries as `append` writes).
+    """Appends a batch to the live event stream in one command (`event_stream.APPEND_LUA`, entries as
+    `append` writes them).
 
     The client is the server's and is not closed here.
     """
@@ -62,10 +63,8 @@ class RedisStreamPublisher:
     async def publish(self, events: Sequence[Event]) -> None:
         if not events:
             return
-        async with self.client.pipeline(transaction=False) as pipe:
-            for event in events:
-                pipe.xadd(self.stream, event_stream.entry_fields(event))
-            await pipe.execute()
+        await self.client.eval(event_stream.APPEND_LUA, 1, self.stream, event_stream.FIELD,
+                               *(event_stream.to_line(e) for e in events))
 
     async def aclose(self) -> None:
         return None

@@ -22,6 +22,7 @@ from serving import edge_bandit
 from serving.config import ServeConfig
 from serving.edge_cache import cache_key
 from serving.edge_server import DEFAULT_SEGMENT, EdgeConfig, start_edge, stop_edge
+from serving.events import impression_event_id
 from serving.server import ServerThread, stop_server
 from stores import event_stream
 from stores.redis_client import get_redis
@@ -96,6 +97,9 @@ def test_answers_from_the_cache_log_impressions_with_their_propensities(tier, re
         event = logged[item.position]
         assert event["type"] == "impression" and event["user_id"] == user and event["item_id"] == item.item_id
         assert event["propensity"] == pytest.approx(item.propensity) and event["variant"] == hit.variant
+        # the ids the origin gives its own impressions: a re-sent slate dedupes downstream
+        assert event["event_id"] == impression_event_id(hit.request_id, item.position)
+        assert event["context"]["segment"] == "global"
     redis.close()
 
 

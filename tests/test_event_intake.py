@@ -19,11 +19,29 @@ import uuid
 
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas import keys
 from schemas import personalization_pb2 as pb
-from schemas.events import MAX_ID_LEN, MAX_TEXT_LEN, EventError, EventType, parse_event, to_json_line
-from serving.events import BatchError, event_from_proto, impression_event_id, impression_events, validate_batch
+from schemas.events import (
+    MAX_ID_LEN,
+    MAX_TEXT_LEN,
+    EventError,
+    EventType,
+    SlotError,
+    parse_event,
+    parse_impressions,
+    to_json_line,
+)
+from serving.events import (
+    BatchError,
+    event_from_proto,
+    impression_event_id,
+    impression_events,
+    slate_events,
+    validate_batch,
+)
 from stores import event_stream
 from stores.publishers import (
     KAFKA_ENV,
@@ -387,3 +405,74 @@ def test_kafka_publisher_delivers_keyed_lines() -> None:
         event = by_id[dict(r.headers)["event_id"].decode()]
         assert parse_event(r.value) == event
         assert r.key.decode() == (event.user_id or event.item_id)
+
+
+# -- shown lists: parse_impressions and the Slate message ----------------------------------------
+
+_ids = st.one_of(st.text(min_size=1, max_size=8), st.sampled_from(["", " x", "x\n", "i" * (MAX_ID_LEN + 1)]))
+_propensities = st.one_of(st.floats(min_value=1e-6, max_value=1.0),
+                          st.sampled_from([0.0, -0.5, 1.5, float("nan"), float("inf")]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(user=_ids, request=_ids, ts=st.sampled_from([TS, 5, TS_TEXT]),
+       slots=st.lists(st.tuples(_ids, st.integers(-1, 3), _propensities), max_size=5))
+def test_parse_impressions_says_what_parse_event_says_of_each_slot(user, request, ts, slots) -> None:
+    """The shared fields are checked once, not per slot: the result (events, or the first refused
+    slot with its field and reason) must be exactly what the contract gives slot by slot."""
+    base = {"ts": ts, "user_id": user, "request_id": request, "variant": "control", "context": {"segment": "s"}}
+    full = [(f"imp:{k}", item, position, p) for k, (item, position, p) in enumerate(slots)]
+    expected: list = []
+    for k, (event_id, item, position, p) in enumerate(full):
+        try:
+            expected.append(parse_event({**base, "type": "impression", "event_id": event_id, "item_id": item,
+                                         "position": position, "propensity": p}))
+        except EventError as err:
+            expected = (k, err.field, err.reason)
+            break
+    try:
+        got = parse_impressions(base, full)
+    except SlotError as err:
+        got = (err.slot, err.field, err.reason)
+    assert got == expected
+
+
+def _slate(**kw) -> pb.Slate:
+    fields = {"request_id": "req-5", "user_id": "u1", "ts_ms": TS, "variant": "control",
+              "context": pb.Context(segment="young", surface="home"), "item_ids": ["i1", "i2", "i3"],
+              "propensities": [0.9, 0.35, 1.0]}
+    return pb.Slate(**{**fields, **kw})
+
+
+def test_a_slate_gives_the_impressions_the_origin_logs_for_the_same_list() -> None:
+    shown = [("i1", 0, 0.9), ("i2", 1, 0.35), ("i3", 2, 1.0)]
+    assert slate_events(_slate()) == impression_events("req-5", "u1", shown, "control", TS,
+                                                       {"segment": "young", "surface": "home"})
+    assert slate_events(_slate(variant="", context=None))[0].variant is None
+
+
+@pytest.mark.parametrize("kw, field", [
+    ({"request_id": ""}, "request_id"),
+    ({"user_id": ""}, "user_id"),
+    ({"user_id": " u1"}, "user_id"),
+    ({"ts_ms": 0}, "ts_ms"),
+    ({"item_ids": []}, "item_ids"),
+    ({"item_ids": ["i1", "", "i3"]}, "item_ids[1]"),
+    ({"propensities": [0.9, 0.35]}, "propensities"),
+    ({"propensities": [0.9, 0.35, 0.0]}, "propensities[2]"),
+    ({"propensities": [float("nan"), 0.35, 0.5]}, "propensities[0]"),
+])
+def test_a_bad_slate_is_refused_whole_naming_the_field(kw, field) -> None:
+    with pytest.raises(EventError) as err:
+        slate_events(_slate(**kw))
+    assert err.value.field == field
+    intake = validate_batch([_event()], slates=[_slate(), _slate(**kw), _slate(request_id="req-6")])
+    assert [(i, f) for i, f, _ in intake.slate_rejections] == [(1, field)]
+    assert len(intake.accepted) == 1 + 3 + 3 and not intake.rejections
+
+
+def test_the_batch_cap_counts_each_slate_item() -> None:
+    assert len(validate_batch([_event()], max_batch=4, slates=[_slate()]).accepted) == 4
+    with pytest.raises(BatchError) as err:
+        validate_batch([_event(), _event()], max_batch=4, slates=[_slate()])
+    assert err.value.field == "slates" and "(5)" in err.value.reason

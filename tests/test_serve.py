@@ -218,6 +218,12 @@ def test_record_events_accepts_valid_and_names_what_is_wrong(served) -> None:
     bad = pb.Event(event_id="e-serve-2", ts_ms=served["end"], user_id="", type="click", item_id="i-1")
     resp = served["stub"].RecordEvents(pb.RecordEventsRequest(events=[good, bad]), timeout=10)
     assert resp.accepted == 1 and [(r.index, r.field) for r in resp.rejections] == [(1, "user_id")]
+    # shown lists (what edges forward): a slate is accepted or refused whole, its impressions counted
+    slates = [pb.Slate(request_id=f"r-serve-{k}", user_id="u-new", ts_ms=served["end"], item_ids=["i-1", "i-2"],
+                       propensities=[0.5, p]) for k, p in enumerate((0.25, 1.5))]
+    resp = served["stub"].RecordEvents(pb.RecordEventsRequest(events=[good], slates=slates), timeout=10)
+    assert resp.accepted == 1 + 2 and not resp.rejections
+    assert [(r.index, r.field) for r in resp.slate_rejections] == [(1, "propensities[1]")]
 
 
 def test_explain_gives_grounded_reasons(served) -> None:
