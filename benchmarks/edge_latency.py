@@ -1,6 +1,6 @@
 """Edge latency over gRPC: cache hits and misses beside the origin and the gRPC echo floor, one run.
 
-    python -m benchmarks.edge_latency [--rate 25] [--seconds 8] [--x1-seconds 4] [--n 20] [--hit-users 200]
+    python -m benchmarks.edge_latency [--rate 25] [--seconds 16] [--x1-seconds 6] [--n 20] [--hit-users 200]
         [--calls 2000] [--scale 2.0] [--registry DIR --data DIR]
 
 Preparation and servers come from `benchmarks/serve_load.py`: the cached trained synthetic model
@@ -18,12 +18,14 @@ share the same two cores. Personalize(n = `--n`) for users of the log in their l
 - edge hit: `--hit-users` users whose (user, "home", segment) lists were cached beforehand, after
   the edge calibrated its n0 on them (it does once it has re-ranked 64 pools);
 - edge hit, exploration off (x1 only): the same minus the bandit — what the Thompson step costs;
-- origin: the same users and requests as the misses, straight to the origin;
+- origin: the same kind of requests straight to the origin, taking turns with the misses in one
+  run (`Alternating`): the miss aim is their difference, and this VM's speed drifts between runs;
 - origin + pool: the same with `include_pool`, what a miss asks an origin for;
 - echo: the floor (a grpc.aio server returning its request bytes).
 Every response's `source` is counted, so a "hit" run that went to the origin shows. CPU per
-request is the server process's own (the edge's, for edge rows). After an edge run the edge's
-forwarded impressions are let drain before the origin is measured.
+request is the server process's own (the edge's, for edge rows; in the turn-taking run the
+origin's CPU is split between misses and direct requests by count). Before a run that reaches the
+origin the edge's forwarded impressions are let drain.
 
 Then, in this process (servers stopped), where a hit's server time goes: the edge scorer on 100
 items of the catalogue (origin probabilities from `pipelines.bandit_sim.calibrated_probabilities`,
@@ -46,6 +48,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import grpc
 import numpy as np
 
 from benchmarks.serve_load import (
@@ -100,6 +103,44 @@ def requests_for(users: list[str], segments: dict[str, str], n: int, surface: st
             for k, u in enumerate(users)]
 
 
+class Alternating:
+    """Two targets taking turns, request by request, within one load. The miss aim is a difference
+    (edge miss − origin), so both sides are measured in the same window: this 2-core VM's speed
+    drifts between runs a few seconds apart (an origin GC pause or a slow minute lands on both)."""
+
+    def __init__(self, first: Target, second: Target) -> None:
+        self.targets = (first, second)
+        self.name = f"{first.name} / {second.name}"
+        self.turn = 0
+        self.answered: list[int] = []  # which target, in the order the load records latencies
+        self.errors: tuple[Counter, Counter] = (Counter(), Counter())
+        self.sources: tuple[Counter, Counter] = (Counter(), Counter())
+
+    async def call(self, req, timeout=None):
+        which, self.turn = self.turn, self.turn ^ 1
+        try:
+            resp = await self.targets[which].call(req, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            self.errors[which][exc.code().name] += 1
+            raise
+        self.answered.append(which)  # the load appends this answer's latency right after
+        self.sources[which][pb.Source.Name(resp.source).removeprefix("SOURCE_").lower()] += 1
+        return resp
+
+    def split(self, run: Run, second_cpu_s: float) -> tuple[Run, Run]:
+        """The run's answers by target; the first's CPU is the run's, the second's (`second_cpu_s`,
+        which served both) is split between them by requests."""
+        out = (Run(self.targets[0].name, run.load, seconds=run.seconds),
+               Run(self.targets[1].name, run.load, seconds=run.seconds))
+        for which, ms in zip(self.answered, run.latencies_ms, strict=True):
+            out[which].latencies_ms.append(ms)
+        for which in (0, 1):
+            out[which].errors = dict(self.errors[which])
+        share = len(out[0].latencies_ms) / max(1, len(run.latencies_ms))
+        out[0].cpu_s, out[0].peer_cpu_s, out[1].cpu_s = run.cpu_s, second_cpu_s * share, second_cpu_s * (1 - share)
+        return out
+
+
 async def measure(addrs: dict[str, str], pids: dict[str, int], users: list[str], hit_users: list[str],
                   segments: dict[str, str], args: argparse.Namespace) -> list[tuple[str, Run, Counter]]:
     rng = np.random.default_rng(0)
@@ -141,24 +182,33 @@ async def measure(addrs: dict[str, str], pids: dict[str, int], users: list[str],
             pool = requests_for(picks, segments, args.n, None)
             for r in pool:
                 r.include_pool = True
-            plan = [("edge miss", edge, misses), ("edge hit", edge, hits)]
+            # misses and the origin take turns in one run (`Alternating`): the miss aim compares them
+            plan: list[tuple[str, Target | Alternating, list]] = [
+                ("edge hit", edge, hits), ("edge miss / origin", Alternating(edge, origin), misses)]
             if k == 0:
-                plan.append(("edge hit, no explore", edge, hits_off))
-            plan += [("origin", origin, misses), ("origin + pool", origin, pool), ("echo", echo, misses)]
+                plan.insert(1, ("edge hit, no explore", edge, hits_off))
+            plan += [("origin + pool", origin, pool), ("echo", echo, misses)]
             for name, t, reqs in plan:
-                if t is origin:
-                    await asyncio.sleep(1.5)  # the edge forwards impressions each second: let them drain
+                if t is not edge:
+                    await asyncio.sleep(1.5)  # the edge forwards impressions every 0.1 s: let them drain
                 sources.clear()
-                cpu, peer = cpu_seconds(t.pid), cpu_seconds(origin.pid)
+                pid = t.pid if isinstance(t, Target) else edge.pid
+                cpu, peer = cpu_seconds(pid), cpu_seconds(origin.pid)
                 run = await run_load(t, reqs)
-                run.cpu_s = cpu_seconds(t.pid) - cpu
-                if t is edge:  # the origin's share: misses it answers, impressions it is forwarded
-                    run.peer_cpu_s = cpu_seconds(origin.pid) - peer
-                run.target = name
-                rows.append((name, run, Counter(sources)))
-                errors = f", errors {dict(run.errors)}" if run.errors else ""
-                print(f"  {name:>22} {run.load:>9}: p50 {run.pct(50):6.2f} p99 {run.pct(99):6.2f} ms, "
-                      f"{len(run.latencies_ms)} requests{errors}", flush=True)
+                run.cpu_s, peer = cpu_seconds(pid) - cpu, cpu_seconds(origin.pid) - peer
+                if t is edge:  # the origin's share: impressions it is forwarded
+                    run.peer_cpu_s = peer
+                if isinstance(t, Alternating):
+                    miss, direct = t.split(run, peer)
+                    parts = [("edge miss", miss, t.sources[0]), ("origin", direct, t.sources[1])]
+                else:
+                    parts = [(name, run, Counter(sources))]
+                for part_name, part, counted in parts:
+                    part.target = part_name
+                    rows.append((part_name, part, counted))
+                    errors = f", errors {dict(part.errors)}" if part.errors else ""
+                    print(f"  {part_name:>22} {part.load:>9}: p50 {part.pct(50):6.2f} p99 {part.pct(99):6.2f} ms, "
+                          f"{len(part.latencies_ms)} requests{errors}", flush=True)
     finally:
         for t in targets:
             await t.channel.close()
@@ -289,7 +339,7 @@ def report(rows: list[tuple[str, Run, Counter]], timings: dict[str, np.ndarray],
         print(f"  {name:46s} p50 {np.percentile(ms, 50):7.3f}   p99 {np.percentile(ms, 99):7.3f}   max {ms.max():7.3f}")
 
     print("\naims")
-    for load in (f"{rate:g}/s", "x1"):
+    for load in (f"{rate:g}/s", "closed x1"):
         hit, miss, origin = by.get(("edge hit", load)), by.get(("edge miss", load)), by.get(("origin", load))
         if hit:
             ok = hit.pct(99) <= 5 and not hit.errors
@@ -309,8 +359,8 @@ def report(rows: list[tuple[str, Run, Counter]], timings: dict[str, np.ndarray],
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=25.0, help="the open-loop rate (requests/s)")
-    parser.add_argument("--seconds", type=float, default=8.0, help="per open-loop run")
-    parser.add_argument("--x1-seconds", type=float, default=4.0, help="per one-client run")
+    parser.add_argument("--seconds", type=float, default=16.0, help="per open-loop run (~400 requests at 25/s)")
+    parser.add_argument("--x1-seconds", type=float, default=6.0, help="per one-client run")
     parser.add_argument("--n", type=int, default=20, help="items per Personalize")
     parser.add_argument("--hit-users", type=int, default=200, help="users whose lists are cached for the hit runs")
     parser.add_argument("--calls", type=int, default=2000, help="in-process timed calls per measurement")
