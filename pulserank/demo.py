@@ -436,8 +436,8 @@ def _story(stub, store, view: LogView, t1: int, user: str | None, intent: str | 
         mine = set(view.positives.get(res.user, ()))
         top = view.category_counts(mine).most_common(3)
         ui.note(f"user {res.user}: {len(mine)} items in the log, mostly " + ", ".join(f"{c} ({n})" for c, n in top)
-                + " (a clear taste and a short history: serving embeds a user from all of it, so a long one "
-                  "outweighs any one session)")
+                + " (a clear taste and a short history: serving blends the whole history with the current "
+                  "session, which weighs n/(n + 5) for n session positives)")
         res.before = _ask(stub, res.user, explain=True)
         res.intent = intent or pick_intent(view, res.user, res.before.items)
         res.share_before = share(res.before.items, view, res.intent)
