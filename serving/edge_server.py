@@ -43,6 +43,7 @@ from serving.edge_cache import CachedList, PersonalizedCache, TtlPolicy, cache_k
 from serving.edge_scorer import EdgeScorer
 from serving.edge_view import EdgeView, SyncClient
 from serving.events import DEFAULT_MAX_BATCH, BatchError, intake_response, validate_batch
+from serving.gc_pacing import pace_gc
 from serving.personalize import has_filters
 from serving.server import (
     SERVICE,
@@ -418,7 +419,9 @@ async def serve_edge_forever(origins: Sequence[str], registry: str, listen: str,
     config = EdgeConfig(origins=list(origins), registry=registry, listen=listen, edge_id=edge_id,
                         cache_bytes=cache_mib * 1024 * 1024, as_of=as_of, exploration_share=exploration_share)
     running = await start_edge(config)
+    pacing = asyncio.create_task(pace_gc())
     print(f"pulserank edge: listening on {listen} (port {running.port}) in front of {', '.join(origins)}; edge "
           f"ranker {running.edge.scorer.version}", flush=True)
     await until_signalled()
+    pacing.cancel()
     await stop_edge(running)

@@ -45,6 +45,7 @@ from serving.active_model import ActiveModel
 from serving.config import ServeConfig
 from serving.edge_sync import EdgeSyncServicer, SyncHub
 from serving.events import BatchError, impression_events, intake_response, validate_batch
+from serving.gc_pacing import pace_gc
 from serving.metrics import ServingMetrics
 from serving.personalize import DEFAULT_SEGMENT, NoModelError, Outcome, Personalizer, Shown, Variant
 from stores import deployment
@@ -553,11 +554,13 @@ async def until_signalled() -> None:
 
 async def serve_forever(config: ServeConfig) -> None:
     running = await start_server(config)
+    pacing = asyncio.create_task(pace_gc())  # the process's collector: not in ServerThread, which shares one
     print(f"pulserank serve: listening on {config.listen} (port {running.port}), model "
           f"{', '.join(f'{a}={p.version}' for a, p in running.origin.models.items())}, clock "
           f"{running.origin.clock.describe()}", flush=True)
     await until_signalled()
     print("pulserank serve: shutting down (grace 5 s)", flush=True)
+    pacing.cancel()
     await stop_server(running)
 
 
