@@ -1,9 +1,10 @@
 """Keeps the cyclic garbage collector's pauses off a long-running server's request path.
 
 A server holds ~10⁵ long-lived container objects (an edge's cached lists, view and memo; an
-origin's caches), and each full collection of CPython's collector scans all of them: 19–94 ms
-pauses were measured on an edge under load, against a 5 ms hit budget, and they found almost
-nothing (what a request drops, reference counting frees at once). So `pace_gc` freezes the
+origin's caches), and each full collection of CPython's collector scans all of them: an edge's
+took 19–125 ms as its heap grew to ~2·10⁵ objects (measured while it started), against a 5 ms
+hit budget, and found almost nothing (what a request drops, reference counting frees at once).
+They recur whenever the long-lived objects grow by a quarter, as caches do. So `pace_gc` freezes the
 survivors every `freeze_every_s` (`gc.freeze`: they leave the collector's generations, and
 reference counting still frees them), so a collection scans only what is new; every
 `full_every_s` it unfreezes and runs one full collection, logged with its pause, so cyclic
