@@ -81,13 +81,18 @@ def start_edge(registry_root: Path, origin_port: int, port: int, end: int, log: 
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
 
 
+def source_name(resp: pb.PersonalizeResponse) -> str:
+    """The answering tier as the table prints it ("edge_scorer", "origin", ...)."""
+    return pb.Source.Name(resp.source).removeprefix("SOURCE_").lower()
+
+
 def counting(target: Target, sources: Counter) -> Target:
     """Wraps the target's call to count each response's `source` (proof a hit was a hit)."""
     call = target.call
 
     async def counted(req, timeout=None):
         resp = await call(req, timeout=timeout)
-        sources[pb.Source.Name(resp.source).removeprefix("SOURCE_").lower()] += 1
+        sources[source_name(resp)] += 1
         return resp
 
     target.call = counted
@@ -124,7 +129,7 @@ class Alternating:
             self.errors[which][exc.code().name] += 1
             raise
         self.answered.append(which)  # the load appends this answer's latency right after
-        self.sources[which][pb.Source.Name(resp.source).removeprefix("SOURCE_").lower()] += 1
+        self.sources[which][source_name(resp)] += 1
         return resp
 
     def split(self, run: Run, second_cpu_s: float) -> tuple[Run, Run]:

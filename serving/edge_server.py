@@ -203,15 +203,12 @@ class Edge:
             try:
                 await self.origins.call("RecordEvents", pb.RecordEventsRequest(events=events, slates=slates), 2.0)
                 self.counters.forwarded_events += len(events) + size
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+            except (grpc.aio.AioRpcError, TimeoutError) as exc:
+                if not (isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.INVALID_ARGUMENT):
                     self._outbox, self._slates = events + self._outbox, slates + self._slates
                     return
                 log.error("an origin refused %d forwarded events: %s", len(events) + size, exc.details())
                 self.counters.refused_events += len(events) + size
-            except TimeoutError:
-                self._outbox, self._slates = events + self._outbox, slates + self._slates
-                return
 
     async def close(self) -> None:
         for t in self._tasks:

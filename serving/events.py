@@ -144,7 +144,7 @@ def slate_events(msg: personalization_pb2.Slate) -> list[Event]:
                                          f"got {len(msg.propensities)}")
     context = json_format.MessageToDict(msg.context, preserving_proto_field_name=True) if msg.HasField("context") \
         else None
-    shown = [(item, k, _number(p)) for k, (item, p) in enumerate(zip(msg.item_ids, msg.propensities, strict=True))]
+    shown = [(item, k, p) for k, (item, p) in enumerate(zip(msg.item_ids, msg.propensities, strict=True))]
     try:
         return impression_events(msg.request_id, msg.user_id, shown, msg.variant, msg.ts_ms,
                                  _flatten_extra(context) if context else None)

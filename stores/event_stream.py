@@ -73,11 +73,16 @@ def to_line(event: Event | dict | str | bytes) -> str | bytes:
     return event
 
 
+def append_command(stream: str, events: Iterable[Event | dict | str | bytes]) -> tuple:
+    """The EVAL arguments that append `events` to `stream` (`APPEND_LUA`), for sync and async clients."""
+    return (APPEND_LUA, 1, stream, FIELD, *(to_line(e) for e in events))
+
+
 def append(client: redis.Redis, events: Iterable[Event | dict | str | bytes],
            stream: str = keys.EVENT_STREAM) -> list[str]:
     """Appends events (raw lines too, valid or not) in one command; returns their stream ids."""
-    lines = [to_line(e) for e in events]
-    return [_text(i) for i in client.eval(APPEND_LUA, 1, stream, FIELD, *lines)] if lines else []
+    events = list(events)
+    return [_text(i) for i in client.eval(*append_command(stream, events))] if events else []
 
 
 def ensure_group(client: redis.Redis, group: str = GROUP, stream: str = keys.EVENT_STREAM,

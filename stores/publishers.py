@@ -50,8 +50,8 @@ class Publisher(Protocol):
 
 
 class RedisStreamPublisher:
-    """Appends a batch to the live event stream in one command (`event_stream.APPEND_LUA`, entries as
-    `append` writes them).
+    """Appends a batch to the live event stream in one command (`event_stream.append_command`, entries
+    as `append` writes them).
 
     The client is the server's and is not closed here.
     """
@@ -63,8 +63,7 @@ class RedisStreamPublisher:
     async def publish(self, events: Sequence[Event]) -> None:
         if not events:
             return
-        await self.client.eval(event_stream.APPEND_LUA, 1, self.stream, event_stream.FIELD,
-                               *(event_stream.to_line(e) for e in events))
+        await self.client.eval(*event_stream.append_command(self.stream, events))
 
     async def aclose(self) -> None:
         return None
